@@ -1,0 +1,80 @@
+"""asyncio helpers that move whole frames (see ``gridchain.wire``) over a stream pair.
+
+Only bytes and frames live here; what a message means is the caller's business. Every
+helper takes a timeout so no await can hang, and connection loss surfaces as a single
+exception type, ``ConnectionClosed``, whatever the OS reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from gridchain.wire import MAX_FRAME_BYTES, PREFIX_SIZE, decode_body, encode_frame, frame_length
+
+
+class ConnectionClosed(Exception):
+    """The other side closed (or reset) the connection.
+
+    ``mid_frame`` is True when it went away part-way through a frame, which a well-behaved
+    peer never does; False when it closed cleanly between frames.
+    """
+
+    def __init__(self, detail: str = "", mid_frame: bool = False) -> None:
+        super().__init__(detail or "connection closed")
+        self.detail = detail
+        self.mid_frame = mid_frame
+
+
+async def read_frame(
+    reader: asyncio.StreamReader, max_frame: int = MAX_FRAME_BYTES, timeout: float | None = None
+) -> object:
+    """Read exactly one frame and return its decoded message.
+
+    The length prefix is checked against ``max_frame`` before the body is read. ``timeout``
+    bounds the whole frame (None waits forever: only for callers with their own deadline).
+    Raises FrameError, TimeoutError or ConnectionClosed.
+    """
+    async with asyncio.timeout(timeout):
+        try:
+            prefix = await reader.readexactly(PREFIX_SIZE)
+        except asyncio.IncompleteReadError as exc:
+            raise ConnectionClosed("closed mid-prefix" if exc.partial else "closed", bool(exc.partial)) from None
+        except ConnectionError as exc:
+            raise ConnectionClosed(f"{type(exc).__name__}: {exc}") from None
+        length = frame_length(prefix, max_frame)
+        try:
+            body = await reader.readexactly(length)
+        except asyncio.IncompleteReadError as exc:
+            raise ConnectionClosed(f"closed after {len(exc.partial)} of {length} body bytes", True) from None
+        except ConnectionError as exc:
+            raise ConnectionClosed(f"{type(exc).__name__}: {exc}", True) from None
+    return decode_body(body, max_frame)
+
+
+async def write_frame(
+    writer: asyncio.StreamWriter, obj: object, timeout: float | None, max_frame: int = MAX_FRAME_BYTES
+) -> None:
+    """Frame ``obj``, write it and wait (at most ``timeout``) until the send buffer drains.
+
+    A peer that stops reading makes ``drain`` wait; the timeout turns that into
+    TimeoutError so the caller can drop the slow peer instead of waiting for ever.
+    """
+    data = encode_frame(obj, max_frame)
+    if writer.is_closing():
+        raise ConnectionClosed("writer is closing")
+    writer.write(data)
+    try:
+        async with asyncio.timeout(timeout):
+            await writer.drain()
+    except ConnectionError as exc:
+        raise ConnectionClosed(f"{type(exc).__name__}: {exc}") from None
+
+
+async def close_writer(writer: asyncio.StreamWriter, timeout: float = 1.0) -> None:
+    """Close a stream and wait briefly for it to finish; never raises (except cancellation)."""
+    writer.close()
+    try:
+        async with asyncio.timeout(timeout):
+            await writer.wait_closed()
+    except (OSError, TimeoutError):
+        pass  # the connection is gone either way; nothing useful to report
