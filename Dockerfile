@@ -1,0 +1,28 @@
+# One image for every gridchain program: gridchaind, gridchain-relay and the gridchain client.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY gridchain ./gridchain
+RUN pip install . \
+    && rm -rf /src \
+    && useradd --create-home --uid 10001 gridchain \
+    && mkdir /data \
+    && chown gridchain:gridchain /data
+
+# A fresh named volume mounted on /data takes this directory's owner, so the node can write.
+VOLUME /data
+WORKDIR /data
+USER gridchain
+
+# Nodes listen on 5004-5007 (the prototype's ports), the relay on 5010.
+EXPOSE 5004-5010
+
+# gridchaind turns SIGTERM into a clean shutdown (it logs node.stopped and exits 0).
+STOPSIGNAL SIGTERM
+CMD ["gridchaind", "--host", "0.0.0.0", "--port", "5004", "--data-dir", "/data", "--log-format", "json"]

@@ -1,0 +1,97 @@
+"""Entry points: gridchaind (one node), gridchain-relay (the simulated relay), gridchain (client).
+
+Each daemon parses its settings, configures logging (the only place that does), and runs on
+uvloop until SIGINT or SIGTERM sets its stop event; it then shuts down cleanly and exits 0.
+A failure to start (port in use, damaged ledger, unusable data dir) is one line on stderr
+and exit status 1, never a traceback. The client's subcommands live in
+``gridchain.commands``; this module stays thin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+
+import uvloop
+
+from .logs import configure_logging
+from .settings import load_node_settings, load_relay_settings
+
+
+def fail(prog: str, message: str, status: int = 1) -> None:
+    """Print ``<prog>: error: <message>`` on stderr and exit: one line, no traceback."""
+    print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(status)
+
+
+async def run_until_signalled(run: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run ``run(stop)``; the first SIGINT/SIGTERM sets ``stop``, a second one cancels it.
+
+    The second signal is the operator's "stop now" for a shutdown that is taking too long.
+    """
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    task = asyncio.current_task()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            task.cancel()
+        stop.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal)
+    try:
+        await run(stop)
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+
+def node_main(argv: Sequence[str] | None = None) -> None:
+    """gridchaind: run one node until SIGINT/SIGTERM."""
+    settings = load_node_settings(argv)
+    configure_logging(settings.log_format, settings.log_level)
+    # Imported here so the client and the relay never pay for loading the node.
+    from .ledger import LedgerDamaged
+    from .node import NodeStartError, run_node
+    from .store import StoreError
+
+    config = settings.config
+    try:
+        uvloop.run(run_until_signalled(lambda stop: run_node(config, stop)))
+    except (NodeStartError, LedgerDamaged, StoreError) as exc:
+        fail("gridchaind", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    except OSError as exc:  # e.g. the data dir or key file is not readable
+        fail("gridchaind", f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
+    except asyncio.CancelledError:
+        fail("gridchaind", "stopped before shutdown finished (second signal)")
+
+
+def relay_main(argv: Sequence[str] | None = None) -> None:
+    """gridchain-relay: serve the simulated relay until SIGINT/SIGTERM."""
+    settings = load_relay_settings(argv)
+    configure_logging(settings.log_format, settings.log_level)
+    from .relay.server import run_relay
+
+    def run(stop: asyncio.Event) -> Awaitable[None]:
+        return run_relay(settings.host, settings.port, settings.interval_s, settings.relay_id,
+                         settings.substation, settings.seed, settings.capture_dir, stop,
+                         fault_probability=settings.fault_probability)
+
+    try:
+        uvloop.run(run_until_signalled(run))
+    except OSError as exc:
+        fail("gridchain-relay", f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}")
+    except ValueError as exc:
+        fail("gridchain-relay", str(exc), 2)
+    except asyncio.CancelledError:
+        fail("gridchain-relay", "stopped before shutdown finished (second signal)")
+
+
+def client_main(argv: Sequence[str] | None = None) -> None:
+    """gridchain: the operator's client (status, blocks, readings, verify, proof, tail, demo)."""
+    from .commands import main
+
+    raise SystemExit(main(argv))

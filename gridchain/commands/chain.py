@@ -1,0 +1,182 @@
+"""`gridchain status`, `blocks`, `block` and `tail`: what a node holds and what it is doing."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from ..client import NodeClient
+from ..consensus.block import HASH_SIZE, Block, short_hash
+from .output import Column, StreamTable, dumps, duration, iso_ms, table
+from .readings import reading_table, reading_to_dict
+
+RECENT_BLOCKS = 20  # `gridchain blocks` with no range shows this many of the newest
+
+BLOCK_COLUMNS = (
+    Column("HEIGHT", 8, lambda r: r["height"], right=True),
+    Column("HASH", 12, lambda r: short_hash(r["hash"])),
+    Column("TIME", 24, lambda r: iso_ms(r.get("time_ms"))),
+    Column("MINER", 14, lambda r: r.get("miner_name", "")),
+    Column("RELAY", 10, lambda r: r.get("relay_id", "") or "-"),
+    Column("READINGS", 8, lambda r: r.get("readings", 0), right=True),
+    Column("NEWEST READING", 24, lambda r: iso_ms(r.get("newest_ms"))),
+)
+
+
+def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    status = commands.add_parser("status", parents=[common], help="the node's chain, peers, relays and mining")
+    status.set_defaults(func=status_command)
+
+    blocks = commands.add_parser("blocks", parents=[common], help="a range of main-chain blocks, one line each")
+    blocks.add_argument("--from", dest="start", type=int, metavar="N", help="first height (default: 20 below the tip)")
+    blocks.add_argument("--to", dest="stop", type=int, metavar="M", help="last height (default: the tip)")
+    blocks.set_defaults(func=blocks_command)
+
+    block = commands.add_parser("block", parents=[common], help="one block in full, by height or hash")
+    block.add_argument("ref", metavar="HASH|HEIGHT", help="a main-chain height or a full 64-hex block hash")
+    block.set_defaults(func=block_command)
+
+    tail = commands.add_parser("tail", parents=[common], help="print each new block as it arrives (Ctrl-C ends)")
+    tail.set_defaults(func=tail_command)
+
+
+async def status_command(args: argparse.Namespace) -> int:
+    async with NodeClient(args.node, args.timeout) as node:
+        info = await node.status()
+    if args.json:
+        print(dumps(info, pretty=True))
+    else:
+        print_status(info, sys.stdout)
+    return 0
+
+
+def print_status(info: dict, out) -> None:
+    lag = info.get("loop_lag_ms") or {}
+    print(f"node       {info.get('name', '?')} on port {info.get('port', '?')}  key {str(info.get('node_key', ''))[:16]}",
+          file=out)
+    print(f"network    {info.get('network', '?')}  difficulty {info.get('difficulty', '?')} bits", file=out)
+    print(f"chain      height {info.get('height', '?')}  tip {str(info.get('tip', ''))[:12]}  work {info.get('work', '?')}"
+          + ("  (syncing)" if info.get("syncing") else ""), file=out)
+    print(f"mining     {info.get('mining', '?')}  capture every {info.get('capture_interval_s', '?')} s"
+          f"  uptime {duration(float(info.get('uptime_s', 0)))}"
+          + (f"  loop lag p99 {lag.get('p99', 0):.1f} ms" if lag else ""), file=out)
+    peers = info.get("peers", [])
+    print(f"peers ({len(peers)})", file=out)
+    if peers:
+        table((Column("ADDRESS", 0, lambda p: p.get("address", "")), Column("NAME", 0, lambda p: p.get("name", "")),
+               Column("STATE", 0, lambda p: p.get("state", "")),
+               Column("DIR", 0, lambda p: "in" if p.get("inbound") else "out"),
+               Column("HEIGHT", 0, lambda p: p.get("height", ""), right=True),
+               Column("TIP", 0, lambda p: str(p.get("tip", ""))[:12]),
+               Column("KEY", 0, lambda p: str(p.get("node_key", ""))[:12])), peers, out, indent="  ")
+    relays = info.get("relays", [])
+    print(f"relays ({len(relays)})", file=out)
+    if relays:
+        table((Column("ADDRESS", 0, lambda r: r.get("address", "")),
+               Column("RELAY", 0, lambda r: r.get("relay_id") or "-"),
+               Column("STATE", 0, lambda r: r.get("state", "")),
+               Column("NEWEST READING", 0, lambda r: iso_ms(r.get("newest_ms"))),
+               Column("LAST ERROR", 0, lambda r: r.get("last_error") or "")), relays, out, indent="  ")
+
+
+async def blocks_command(args: argparse.Namespace) -> int:
+    async with NodeClient(args.node, args.timeout) as node:
+        start, stop = args.start, args.stop
+        if start is None or stop is None:
+            height = (await node.status())["height"]
+            stop = height if stop is None else stop
+            start = max(0, stop - RECENT_BLOCKS + 1) if start is None else start
+        if start < 0 or stop < start:
+            print(f"gridchain: error: empty range --from {start} --to {stop}", file=sys.stderr)
+            return 2
+        writer = None if args.json else StreamTable(BLOCK_COLUMNS, sys.stdout)
+        async for rows in node.header_pages(start, stop):
+            if writer is None:
+                sys.stdout.write("".join(dumps(row) + "\n" for row in rows))
+            else:
+                writer.rows(rows)
+            sys.stdout.flush()
+    return 0
+
+
+def parse_block_ref(text: str) -> dict:
+    """``{"height": n}`` for a number, ``{"hash": bytes}`` for 64 hex digits; ValueError otherwise."""
+    text = text.strip().lower()
+    if len(text) == 2 * HASH_SIZE:
+        try:
+            return {"hash": bytes.fromhex(text)}
+        except ValueError:
+            pass
+    if text.isdigit():
+        return {"height": int(text)}
+    raise ValueError(f"{text!r} is neither a height nor a full {2 * HASH_SIZE}-hex block hash "
+                     "(short hashes are for reading, not for lookups)")
+
+
+async def block_command(args: argparse.Namespace) -> int:
+    try:
+        ref = parse_block_ref(args.ref)
+    except ValueError as exc:
+        print(f"gridchain: error: {exc}", file=sys.stderr)
+        return 2
+    async with NodeClient(args.node, args.timeout) as node:
+        reply = await node.block(**ref)
+    if reply.block is None:
+        print(f"gridchain: {args.node} knows block {args.ref} but does not hold its contents", file=sys.stderr)
+        return 1
+    if args.json:
+        print(dumps(block_to_dict(reply.block, reply.height, reply.main), pretty=True))
+    else:
+        print_block(reply.block, reply.height, reply.main, sys.stdout)
+    return 0
+
+
+def block_to_dict(block: Block, height: int, main: bool) -> dict:
+    h, c = block.header, block.capture
+    return {
+        "height": height, "hash": block.hash.hex(), "main": main,
+        "header": {"version": h.version, "height": h.height, "prev_hash": h.prev_hash.hex(),
+                   "payload_root": h.payload_root.hex(), "time_ms": h.time_ms, "time": iso_ms(h.time_ms),
+                   "bits": h.bits, "miner_key": h.miner_key.hex(), "nonce": h.nonce},
+        "signature": block.signature.hex(), "miner_name": block.miner_name,
+        "capture": {"relay_id": c.relay_id, "substation": c.substation, "openings": c.openings,
+                    "readings": [reading_to_dict(r) for r in c.readings]},
+    }
+
+
+def print_block(block: Block, height: int, main: bool, out) -> None:
+    h, c = block.header, block.capture
+    print(f"block {height}  {block.hash.hex()}  ({'main chain' if main else 'side branch'})", file=out)
+    for label, value in (
+        ("time", iso_ms(h.time_ms)), ("previous", h.prev_hash.hex()), ("payload root", h.payload_root.hex()),
+        ("difficulty", f"{h.bits} bits, nonce {h.nonce}"), ("miner", f"{block.miner_name}  key {h.miner_key.hex()}"),
+        ("signature", block.signature.hex()),
+        ("relay", f"{c.relay_id or '-'} at {c.substation}, {c.openings} fault openings"),
+        ("readings", len(c.readings)),
+    ):
+        print(f"  {label:<13} {value}", file=out)
+    if c.readings:
+        reading_table(out, indent="  ", with_relay=False).rows(reading_to_dict(r) for r in c.readings)
+
+
+async def tail_command(args: argparse.Namespace) -> int:
+    async with NodeClient(args.node, args.timeout) as node:
+        info = await node.status()
+        if not args.json:
+            print(f"following {info.get('name', args.node)} ({args.node}) at height {info.get('height')}; "
+                  "Ctrl-C stops", file=sys.stderr)
+        writer = None if args.json else StreamTable((*BLOCK_COLUMNS, Column("", 0, lambda r: r["note"])), sys.stdout)
+        last_height = info.get("height", -1)
+        async for event in node.subscribe():
+            row = {"height": event.height, "hash": event.hash, "miner_name": event.miner_name,
+                   "relay_id": event.relay_id, "readings": event.readings, "newest_ms": event.newest_ms,
+                   "time_ms": event.time_ms, "received_ms": int(time.time() * 1000)}
+            row["note"] = "reorg" if event.height <= last_height else ""
+            last_height = event.height
+            if writer is None:
+                print(dumps(row), flush=True)
+            else:
+                writer.rows([row])
+                sys.stdout.flush()
+    return 0

@@ -1,0 +1,294 @@
+"""`gridchain demo`: the relay and four nodes on this machine, with a live view.
+
+Every program runs as its own child process (``python -m gridchain relay|node``), as it
+would in production, each writing JSON log lines to ``<name>.log`` in the data dir. The
+demo waits until every node answers ``status``, then redraws a view about once a second
+(on a terminal; elsewhere it prints one plain line per update). Ctrl-C (or ``--duration``)
+stops every child with SIGTERM, waits a bounded time, and SIGKILLs any that linger, so
+nothing is left running; a temporary data dir is then removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .client import NodeClient, NodeUnavailable, RequestFailed
+from .config import DEFAULT_NETWORK, DEFAULT_PORT, DEFAULT_RELAY_PORT, Address
+from .commands.output import iso_ms
+from .consensus.block import short_hash
+
+STARTUP_TIMEOUT_S = 30.0  # four Python processes importing and binding: seconds, even on a slow disk
+STOP_TIMEOUT_S = 10.0  # a node promises to exit within 5 s of SIGTERM; then SIGKILL
+REFRESH_S = 1.0  # the live view's redraw period
+QUERY_TIMEOUT_S = 0.8  # a view query slower than its refresh period is shown as "no answer"
+CLEAR_SCREEN = "\x1b[H\x1b[2J"
+
+
+@dataclass
+class Child:
+    """One process the demo started."""
+
+    name: str
+    proc: asyncio.subprocess.Process
+    log_path: Path
+    address: Address
+
+    def last_log_line(self) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return lines[-1] if lines else ""
+
+
+def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = commands.add_parser("demo", parents=[common], help="run a relay and four nodes here, with a live view")
+    p.add_argument("--base-port", type=int, default=DEFAULT_PORT, help="first node's port (default: 5004)")
+    p.add_argument("--relay-port", type=int, default=DEFAULT_RELAY_PORT, help="the relay's port (default: 5010)")
+    p.add_argument("--nodes", type=int, default=4, help="how many nodes (default: 4)")
+    p.add_argument("--data-dir", type=Path, metavar="DIR", help="keep data and logs here (default: a temporary "
+                   "dir removed at exit)")
+    p.add_argument("--capture-interval", type=float, default=2.0, metavar="SECONDS", help="default: 2")
+    p.add_argument("--relay-interval", type=float, default=1.0, metavar="SECONDS", help="default: 1")
+    p.add_argument("--difficulty", type=int, default=16, metavar="BITS", help="default: 16")
+    p.add_argument("--network", default=DEFAULT_NETWORK, help=f"default: {DEFAULT_NETWORK}")
+    p.add_argument("--duration", type=float, metavar="SECONDS", help="stop by itself after this long")
+    p.set_defaults(func=demo_command)
+
+
+def demo_command(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from .cli import run_until_signalled
+
+    if not 1 <= args.nodes <= 16:
+        print("gridchain: error: --nodes must be 1..16", file=sys.stderr)
+        return 2
+    ports = [args.base_port + i for i in range(args.nodes)]
+    busy = [p for p in [*ports, args.relay_port] if not _port_free(p)]
+    if busy:
+        print(f"gridchain: error: port {busy[0]} is in use (another demo or node running? try --base-port)",
+              file=sys.stderr)
+        return 1
+    temporary = args.data_dir is None
+    data_dir = Path(tempfile.mkdtemp(prefix="gridchain-demo-")) if temporary else args.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    result: list[int] = [0]
+    try:
+        uvloop.run(run_until_signalled(lambda stop: _run(args, ports, data_dir, stop, result)))
+    finally:
+        if temporary:
+            shutil.rmtree(data_dir, ignore_errors=True)
+    return result[0]
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+async def _run(args: argparse.Namespace, ports: list[int], data_dir: Path, stop: asyncio.Event,
+               result: list[int]) -> None:
+    children: list[Child] = []
+    try:
+        relay = await _spawn("relay", ["relay", "--port", str(args.relay_port), "--interval",
+                                       str(args.relay_interval), "--log-format", "json"],
+                             data_dir, Address("127.0.0.1", args.relay_port))
+        children.append(relay)
+        for port in ports:
+            peers = [arg for other in ports if other != port for arg in ("--peer", f"127.0.0.1:{other}")]
+            name = f"node-{port}"
+            children.append(await _spawn(name, [
+                "node", "--port", str(port), *peers, "--relay", f"127.0.0.1:{args.relay_port}",
+                "--data-dir", str(data_dir / name), "--network", args.network, "--difficulty", str(args.difficulty),
+                "--capture-interval", str(args.capture_interval), "--log-format", "json"],
+                data_dir, Address("127.0.0.1", port)))
+        nodes = children[1:]
+        print(f"demo: relay on {args.relay_port}, nodes on {ports[0]}-{ports[-1]}, data and logs in {data_dir}",
+              flush=True)
+        print("demo: pids " + " ".join(f"{c.name}={c.proc.pid}" for c in children), flush=True)
+        if not await _wait_until_up(nodes, children, stop):
+            result[0] = 1
+            return
+        await _live_view(args, nodes, stop)
+    finally:
+        await _stop_all(children)
+        print("demo: stopped " + ", ".join(f"{c.name} ({_exit_text(c.proc.returncode)})" for c in children),
+              flush=True)
+
+
+async def _spawn(name: str, argv: list[str], data_dir: Path, address: Address) -> Child:
+    log_path = data_dir / f"{name}.log"
+    with log_path.open("ab") as log_file:
+        # A new session keeps the terminal's Ctrl-C away from the children: the demo stops
+        # them itself, in order, and makes sure they are gone.
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gridchain", *argv, stdin=asyncio.subprocess.DEVNULL,
+            stdout=log_file, stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+    return Child(name, proc, log_path, address)
+
+
+async def _wait_until_up(nodes: list[Child], children: list[Child], stop: asyncio.Event) -> bool:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    waiting = list(nodes)
+    while waiting:
+        for child in children:
+            if child.proc.returncode is not None:
+                print(f"demo: {child.name} exited ({_exit_text(child.proc.returncode)}): {child.last_log_line()}",
+                      file=sys.stderr)
+                return False
+        up = await asyncio.gather(*(_status(c.address) for c in waiting))
+        waiting = [c for c, info in zip(waiting, up) if info is None]
+        if not waiting:
+            return True
+        if time.monotonic() > deadline:
+            print(f"demo: {', '.join(c.name for c in waiting)} did not answer within {STARTUP_TIMEOUT_S:g} s",
+                  file=sys.stderr)
+            return False
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.2):
+                await stop.wait()
+        if stop.is_set():
+            return False
+    return True
+
+
+async def _status(address: Address) -> dict | None:
+    try:
+        async with NodeClient(address, QUERY_TIMEOUT_S) as node:
+            return await node.status()
+    except (NodeUnavailable, RequestFailed):
+        return None
+
+
+async def _newest_block(address: Address, height: int):
+    try:
+        async with NodeClient(address, QUERY_TIMEOUT_S) as node:
+            return (await node.block(height=height)).block
+    except (NodeUnavailable, RequestFailed):
+        return None
+
+
+async def _live_view(args: argparse.Namespace, nodes: list[Child], stop: asyncio.Event) -> None:
+    tty = sys.stdout.isatty()
+    started = time.monotonic()
+    ends = started + args.duration if args.duration is not None else None
+    while not stop.is_set():
+        infos = await asyncio.gather(*(_status(c.address) for c in nodes))
+        best = max(((i["height"], c) for c, i in zip(nodes, infos) if i), default=None, key=lambda t: t[0])
+        block = await _newest_block(best[1].address, best[0]) if best and best[0] > 0 else None
+        rows = [(c, c.proc.returncode, info) for c, info in zip(nodes, infos)]
+        if tty:
+            sys.stdout.write(CLEAR_SCREEN + render_screen(args, rows, block, time.monotonic() - started))
+        else:
+            sys.stdout.write(render_lines(rows, block, time.monotonic() - started))
+        sys.stdout.flush()
+        timeout = REFRESH_S if ends is None else max(0.0, min(REFRESH_S, ends - time.monotonic()))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await stop.wait()
+        if ends is not None and time.monotonic() >= ends:
+            return
+
+
+async def _stop_all(children: list[Child]) -> None:
+    """SIGTERM the nodes, then the relay; SIGKILL whatever is still there after the timeout."""
+    nodes, relays = [c for c in children if c.name != "relay"], [c for c in children if c.name == "relay"]
+    for group in (nodes, relays):
+        for child in group:
+            if child.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.proc.send_signal(signal.SIGTERM)
+        waits = [asyncio.create_task(c.proc.wait()) for c in group]
+        if waits:
+            _, pending = await asyncio.wait(waits, timeout=STOP_TIMEOUT_S)
+            for child in group:
+                if child.proc.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        child.proc.kill()
+            if pending:
+                await asyncio.wait(pending, timeout=STOP_TIMEOUT_S)
+
+
+def _exit_text(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return "exit 0" if code == 0 else f"exit {code}"
+
+
+# --- the view ----------------------------------------------------------------------------------
+def _tip(info: dict | None) -> str:
+    return str(info.get("tip", ""))[:12] if info else "-"
+
+
+def _relay_state(info: dict | None) -> str:
+    relays = info.get("relays", []) if info else []
+    return ",".join(r.get("state", "?") for r in relays) or "-"
+
+
+def _block_lines(block) -> list[str]:
+    if block is None:
+        return ["last block   (none yet: the first capture is on its way)"]
+    capture = block.capture
+    lines = [f"last block   {block.height}  {short_hash(block.hash)}  mined by {block.miner_name} "
+             f"at {iso_ms(block.header.time_ms)}",
+             f"             {capture.relay_id} at {capture.substation}: {len(capture.readings)} readings, "
+             f"{capture.openings} fault openings"]
+    if capture.readings:
+        r = capture.readings[-1]
+        lines.append(f"newest       {iso_ms(r.timestamp_ms)}  Vab {r.vab:.2f} kV  Ia {r.ia:.1f} A  "
+                     f"f {r.frequency:.3f} Hz  PF {r.power_factor:.3f}  P {r.active_power:.2f} MW  "
+                     f"Q {r.reactive_power:.2f} MVAr")
+    return lines
+
+
+def _agreement(rows: list[tuple[Child, int | None, dict | None]]) -> str:
+    tips = {info.get("tip") for _, _, info in rows if info}
+    if len(tips) == 1 and all(info for _, _, info in rows):
+        return "all nodes agree on the tip"
+    return "nodes are converging"
+
+
+def render_screen(args: argparse.Namespace, rows: list[tuple[Child, int | None, dict | None]], block,
+                  elapsed: float) -> str:
+    """The full-screen view: one row per node, then the newest block."""
+    out = [f"gridchain demo: relay on 127.0.0.1:{args.relay_port}, {len(rows)} nodes, "
+           f"capture every {args.capture_interval:g} s, difficulty {args.difficulty} bits  ({elapsed:.0f} s)",
+           "Ctrl-C stops everything", "",
+           f"{'NODE':<11} {'PORT':>5} {'HEIGHT':>7}  {'TIP':<12}  {'PEERS':>5}  {'MINING':<7} RELAY"]
+    for child, code, info in rows:
+        if info is None:
+            state = "exited: " + _exit_text(code) if code is not None else "no answer"
+            out.append(f"{child.name:<11} {child.address.port:>5} {'-':>7}  {state}")
+            continue
+        out.append(f"{child.name:<11} {child.address.port:>5} {info.get('height', '?'):>7}  {_tip(info):<12}  "
+                   f"{len(info.get('peers', [])):>5}  {info.get('mining', '?'):<7} {_relay_state(info)}")
+    out += ["", _agreement(rows), "", *_block_lines(block), ""]
+    return "\n".join(out) + "\n"
+
+
+def render_lines(rows: list[tuple[Child, int | None, dict | None]], block, elapsed: float) -> str:
+    """One plain line per update, for a log file or a pipe."""
+    heights = " ".join(f"{c.name}={info['height'] if info else '?'}" for c, _, info in rows)
+    last = "no block yet"
+    if block is not None:
+        capture = block.capture
+        last = (f"last block {block.height} {short_hash(block.hash)} by {block.miner_name}: "
+                f"{len(capture.readings)} readings, newest {iso_ms(capture.newest_ms)}")
+    return f"demo: t={elapsed:.1f}s heights {heights} | {last}\n"

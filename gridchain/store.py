@@ -1,0 +1,339 @@
+"""The node's durable ledger: one SQLite database (WAL, synchronous=FULL) per data dir.
+
+Tables (query them with any SQLite tool; ``readings_view`` shows hex hashes and ISO times):
+  blocks    every block ever accepted, side branches included, in arrival order (``seq``),
+            with its 128-byte header and its wire bytes (``raw``)
+  main      height -> hash of the main chain
+  readings  the readings of main-chain blocks only, one row per (relay, timestamp)
+  meta      network name, genesis hash, tip hash, schema version
+
+Each accepted block, its readings and the new tip are written in ONE transaction
+(``commit``), so after a crash the database holds either all of it or none of it. A
+failed commit is rolled back and leaves the store usable once the cause (a full disk, a
+read-only file) is fixed. SQLite failures surface as ``StoreError`` with a short reason.
+Only one process may write a store: it holds an advisory lock on ``<db>.lock`` while open.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import sqlite3
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .consensus.block import Block
+
+DB_FILE = "chain.sqlite3"
+SCHEMA_VERSION = 1
+# How long a write waits for another connection's write lock (an operator's sqlite3 shell)
+# before failing; the node calls the store from its event loop, so this bounds a stall.
+BUSY_TIMEOUT_S = 2.0
+MAX_PAGE = 10_000  # readings per page: a few MB per answer at most
+INDEX_FETCH = 2_000  # rows per fetch while streaming the block index
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS blocks (
+    hash BLOB PRIMARY KEY, height INTEGER NOT NULL, prev_hash BLOB NOT NULL,
+    seq INTEGER NOT NULL UNIQUE, header BLOB NOT NULL, relay_id TEXT NOT NULL,
+    newest_ms INTEGER, openings INTEGER NOT NULL, n_readings INTEGER NOT NULL, raw BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS main (height INTEGER PRIMARY KEY, hash BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS readings (
+    relay_id TEXT NOT NULL, timestamp_ms INTEGER NOT NULL,
+    vab REAL, vbc REAL, vca REAL, ia REAL, ib REAL, ic REAL, frequency REAL, power_factor REAL,
+    active_power REAL, reactive_power REAL, openings INTEGER NOT NULL,
+    block_height INTEGER NOT NULL, block_hash BLOB NOT NULL,
+    PRIMARY KEY (relay_id, timestamp_ms)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS readings_by_time ON readings (timestamp_ms, relay_id);
+CREATE INDEX IF NOT EXISTS readings_by_height ON readings (block_height);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB);
+CREATE VIEW IF NOT EXISTS readings_view AS
+    SELECT relay_id, strftime('%Y-%m-%dT%H:%M:%fZ', timestamp_ms / 1000.0, 'unixepoch') AS time,
+           timestamp_ms, vab, vbc, vca, ia, ib, ic, frequency, power_factor, active_power,
+           reactive_power, openings, block_height, lower(hex(block_hash)) AS block_hash
+    FROM readings;
+"""
+_READING_COLUMNS = ("relay_id, timestamp_ms, vab, vbc, vca, ia, ib, ic, frequency, power_factor, "
+                    "active_power, reactive_power")
+_INSERT_BLOCK = "INSERT INTO blocks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_READING = f"INSERT INTO readings ({_READING_COLUMNS}, openings, block_height, block_hash) " \
+                  f"VALUES ({', '.join('?' * 15)})"
+
+# SQLite primary result codes (https://sqlite.org/rescode.html) -> StoreError reasons.
+_REASONS = {13: "disk-full", 8: "read-only", 11: "corrupt", 26: "corrupt", 10: "io-error",
+            14: "cannot-open", 5: "busy", 6: "busy", 19: "constraint", 23: "access-denied"}
+
+
+class StoreError(Exception):
+    """The store cannot do what was asked; ``reason`` is a short stable name."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"store {reason}: {detail}" if detail else f"store {reason}")
+        self.reason = reason
+        self.detail = detail
+
+
+def store_error(exc: sqlite3.Error, doing: str) -> StoreError:
+    """Map an sqlite3 exception to a StoreError with a named reason."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    reason = _REASONS.get(code & 0xFF, "sqlite-error") if isinstance(code, int) else "sqlite-error"
+    return StoreError(reason, f"{doing}: {exc}")
+
+
+@dataclass(frozen=True, slots=True)
+class MainChange:
+    """How one accepted block moved the main chain: heights above ``fork_height`` now hold
+    ``connected`` (in height order), and ``tip`` is the new tip's hash."""
+
+    fork_height: int
+    connected: tuple[Block, ...]
+    tip: bytes
+
+
+class Store:
+    """One node's SQLite database; every method runs in the caller's thread."""
+
+    def __init__(self, path: Path, db: sqlite3.Connection, lock_fd: int) -> None:
+        self.path = path
+        self.db = db
+        self._lock_fd = lock_fd
+        self._next_seq = 0
+
+    # --- opening -------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: Path, network: str, genesis: Block) -> Store:
+        """Open (creating if new) the store at ``path`` for ``network``; refuse another's."""
+        path = Path(path)
+        lock_fd = _lock(path)
+        try:
+            db = _connect(path)
+            try:
+                store = cls(path, db, lock_fd)
+                store._init_or_check(network, genesis)
+                store._next_seq = db.execute("SELECT coalesce(max(seq), -1) + 1 FROM blocks").fetchone()[0]
+            except BaseException:
+                db.close()
+                raise
+        except sqlite3.Error as exc:
+            os.close(lock_fd)
+            raise store_error(exc, f"opening {path}") from None
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        return store
+
+    def _init_or_check(self, network: str, genesis: Block) -> None:
+        has_meta = self.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone()
+        meta = dict(self.db.execute("SELECT key, value FROM meta")) if has_meta else {}
+        if not meta:
+            with self.transaction("creating the store"):
+                for statement in _SCHEMA.split(";\n"):
+                    if statement.strip():
+                        self.db.execute(statement)
+                self.db.executemany("INSERT INTO meta VALUES (?, ?)", [
+                    ("schema_version", SCHEMA_VERSION), ("network", network),
+                    ("genesis", genesis.hash), ("tip", genesis.hash)])
+                self._insert_blocks([genesis])
+                self.db.execute("INSERT INTO main VALUES (0, ?)", (genesis.hash,))
+            return
+        if meta.get("schema_version") != SCHEMA_VERSION:
+            raise StoreError("schema-version", f"{self.path} has schema {meta.get('schema_version')!r}, "
+                                               f"this node reads {SCHEMA_VERSION}")
+        if meta.get("network") != network:
+            raise StoreError("wrong-network", f"{self.path} holds network {meta.get('network')!r}, "
+                                              f"not {network!r}")
+        if meta.get("genesis") != genesis.hash:
+            stored = meta.get("genesis")
+            raise StoreError("wrong-genesis", f"{self.path} starts from genesis "
+                                              f"{stored.hex() if isinstance(stored, bytes) else stored!r}, "
+                                              f"this network's is {genesis.hash.hex()} (another difficulty?)")
+
+    def close(self) -> None:
+        if self._lock_fd < 0:
+            return
+        with contextlib.suppress(sqlite3.Error):
+            self.db.close()
+        os.close(self._lock_fd)
+        self._lock_fd = -1
+
+    # --- writing -------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def transaction(self, doing: str) -> Iterator[None]:
+        """One write transaction; any failure rolls it back and raises StoreError."""
+        next_seq = self._next_seq
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                self.db.execute("COMMIT")
+            except BaseException:
+                self._next_seq = next_seq
+                if self.db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self.db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise store_error(exc, doing) from None
+
+    def commit(self, blocks: Sequence[Block], changes: Sequence[MainChange] = ()) -> None:
+        """Insert ``blocks`` (in arrival order) and apply ``changes`` (in order), atomically."""
+        fork_height, connected, tip = _net_change(changes)
+        with self.transaction(f"committing {len(blocks)} block(s)"):
+            self._insert_blocks(blocks)
+            if tip is None:
+                return
+            self.db.execute("DELETE FROM readings WHERE block_height > ?", (fork_height,))
+            self.db.execute("DELETE FROM main WHERE height > ?", (fork_height,))
+            self.db.executemany("INSERT INTO main VALUES (?, ?)", [(b.height, b.hash) for b in connected])
+            self.db.executemany(_INSERT_READING, reading_rows(connected))
+            self.db.execute("UPDATE meta SET value = ? WHERE key = 'tip'", (tip,))
+
+    def _insert_blocks(self, blocks: Sequence[Block]) -> None:
+        rows = []
+        for block in blocks:
+            c = block.capture
+            rows.append((block.hash, block.height, block.prev_hash, self._next_seq, block.header.to_bytes(),
+                         c.relay_id, c.newest_ms, c.openings, len(c.readings), block.encode()))
+            self._next_seq += 1
+        self.db.executemany(_INSERT_BLOCK, rows)
+
+    # --- reading -------------------------------------------------------------------------------
+    def _one(self, sql: str, args: tuple, doing: str):
+        try:
+            return self.db.execute(sql, args).fetchone()
+        except sqlite3.Error as exc:
+            raise store_error(exc, doing) from None
+
+    def get_raw(self, block_hash: bytes) -> bytes | None:
+        row = self._one("SELECT raw FROM blocks WHERE hash = ?", (block_hash,), "reading a block")
+        return None if row is None else row[0]
+
+    def get_block(self, block_hash: bytes) -> Block | None:
+        raw = self.get_raw(block_hash)
+        return None if raw is None else Block.decode(raw)
+
+    def main_hash_at(self, height: int) -> bytes | None:
+        row = self._one("SELECT hash FROM main WHERE height = ?", (height,), "reading the main chain")
+        return None if row is None else row[0]
+
+    def tip_hash(self) -> bytes:
+        return self._one("SELECT value FROM meta WHERE key = 'tip'", (), "reading the tip")[0]
+
+    def meta(self) -> dict[str, object]:
+        try:
+            return dict(self.db.execute("SELECT key, value FROM meta"))
+        except sqlite3.Error as exc:
+            raise store_error(exc, "reading meta") from None
+
+    def count_blocks(self) -> int:
+        return self._one("SELECT count(*) FROM blocks", (), "counting blocks")[0]
+
+    def iter_index(self) -> Iterator[tuple[bytes, bytes, str, int | None, int]]:
+        """(hash, header, relay_id, newest_ms, openings) of every block, in arrival order.
+
+        Parents always arrive before their children, so the chain can be rebuilt in this
+        order without decoding a single payload.
+        """
+        try:
+            cursor = self.db.execute(
+                "SELECT hash, header, relay_id, newest_ms, openings FROM blocks ORDER BY seq")
+            while rows := cursor.fetchmany(INDEX_FETCH):
+                yield from rows
+        except sqlite3.Error as exc:
+            raise store_error(exc, "reading the block index") from None
+
+    def readings_page(self, relay: str | None = None, since_ms: int | None = None, until_ms: int | None = None,
+                      after: tuple[int, str] | None = None, limit: int = 1000
+                      ) -> tuple[list[tuple], tuple[int, str] | None]:
+        """Main-chain readings ordered by (timestamp_ms, relay_id), one keyset page at a time.
+
+        Rows are (relay_id, timestamp_ms, vab, ..., reactive_power, block_height); ``since_ms``
+        and ``until_ms`` are inclusive. The second value is the ``after`` of the next page, or
+        None when this page is the last.
+        """
+        limit = max(1, min(limit, MAX_PAGE))
+        where, args = [], []
+        if relay is not None:
+            where.append("relay_id = ?")
+            args.append(relay)
+        if since_ms is not None:
+            where.append("timestamp_ms >= ?")
+            args.append(since_ms)
+        if until_ms is not None:
+            where.append("timestamp_ms <= ?")
+            args.append(until_ms)
+        if after is not None:
+            where.append("(timestamp_ms, relay_id) > (?, ?)")
+            args.extend(after)
+        sql = (f"SELECT {_READING_COLUMNS}, block_height FROM readings "
+               f"{'WHERE ' + ' AND '.join(where) if where else ''} "
+               f"ORDER BY timestamp_ms, relay_id LIMIT ?")
+        try:
+            rows = self.db.execute(sql, (*args, limit)).fetchall()
+        except sqlite3.Error as exc:
+            raise store_error(exc, "reading readings") from None
+        following = (rows[-1][1], rows[-1][0]) if len(rows) == limit else None
+        return rows, following
+
+    def reading_location(self, relay_id: str, timestamp_ms: int) -> tuple[bytes, int] | None:
+        """(block hash, height) of the main-chain block holding this reading, if any."""
+        row = self._one("SELECT block_hash, block_height FROM readings WHERE relay_id = ? AND timestamp_ms = ?",
+                        (relay_id, timestamp_ms), "locating a reading")
+        return None if row is None else (row[0], row[1])
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT), never implied.
+    db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+    try:
+        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            raise StoreError("read-only", f"{path}: cannot switch to WAL mode (journal mode {mode})")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA foreign_keys=OFF")
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _lock(path: Path) -> int:
+    """Hold an exclusive advisory lock beside the database for as long as the store is open."""
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise StoreError("cannot-open", f"{lock_path}: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StoreError("in-use", f"{path} is open in another process (another node on this data dir?)") from None
+    return fd
+
+
+def _net_change(changes: Sequence[MainChange]) -> tuple[int, list[Block], bytes | None]:
+    """Fold a run of main-chain changes into one: (lowest fork, blocks above it, final tip)."""
+    if not changes:
+        return 0, [], None
+    fork = min(c.fork_height for c in changes)
+    above: dict[int, Block] = {}
+    for change in changes:
+        for height in [h for h in above if h > change.fork_height]:
+            del above[height]
+        for block in change.connected:
+            above[block.height] = block
+    return fork, [above[h] for h in sorted(above)], changes[-1].tip
+
+
+def reading_rows(blocks: Sequence[Block]) -> Iterator[tuple]:
+    """The readings-table rows of ``blocks``, in the table's column order."""
+    for block in blocks:
+        c = block.capture
+        for r in c.readings:
+            yield (c.relay_id, r.timestamp_ms, r.vab, r.vbc, r.vca, r.ia, r.ib, r.ic, r.frequency,
+                   r.power_factor, r.active_power, r.reactive_power, c.openings, block.height, block.hash)

@@ -1,0 +1,109 @@
+"""Helpers for tests that run real nodes and relays on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from gridchain.config import Address, NodeConfig
+from gridchain.node import Node
+from gridchain.relay.server import RelayServer
+from gridchain.relay.simulator import RelaySimulator
+
+TEST_DIFFICULTY = 8  # 256 expected hashes: real proof of work at test speed
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.02,
+                     what: str = "condition") -> None:
+    """Poll ``predicate`` until it holds; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+async def start_relay(interval_s: float = 0.1, seed: int = 7, relay_id: str = "Relay 1",
+                      start_ms: int | None = None) -> RelayServer:
+    simulator = RelaySimulator(relay_id, "Test Substation", round(interval_s * 1000), seed,
+                               start_ms=start_ms if start_ms is not None else int(time.time() * 1000) - 5_000,
+                               fault_probability=0.0)
+    server = RelayServer(simulator, "127.0.0.1", 0, interval_s)
+    await server.start()
+    return server
+
+
+@dataclass
+class RunningNode:
+    node: Node
+    stop: asyncio.Event
+    task: asyncio.Task
+    config: NodeConfig
+
+    @property
+    def ledger(self):
+        return self.node.ledger
+
+    @property
+    def height(self) -> int:
+        return self.node.ledger.height
+
+    async def shutdown(self, timeout: float = 10.0) -> None:
+        self.stop.set()
+        async with asyncio.timeout(timeout):
+            await self.task
+
+
+def node_config(data_dir: Path, port: int, peers: list[int] = (), relays: list[int] = (), *,
+                interval_s: float = 0.2, difficulty: int = TEST_DIFFICULTY, name: str = "",
+                network: str = "test-net", **extra) -> NodeConfig:
+    return NodeConfig(data_dir=data_dir, host="127.0.0.1", port=port,
+                      peers=tuple(Address("127.0.0.1", p) for p in peers),
+                      relays=tuple(Address("127.0.0.1", r) for r in relays), network=network,
+                      difficulty=difficulty, capture_interval_s=interval_s, name=name or f"node-{port}", **extra)
+
+
+async def start_node(config: NodeConfig) -> RunningNode:
+    node = Node(config)
+    stop = asyncio.Event()
+    task = asyncio.create_task(node.run(stop))
+    running = RunningNode(node, stop, task, config)
+    await wait_until(lambda: node.gossip._server is not None or task.done(), 5.0, what="node listening")
+    if task.done():
+        task.result()
+    return running
+
+
+async def start_network(tmp_path: Path, count: int, relay_port: int | None, **options) -> list[RunningNode]:
+    """``count`` nodes, each configured to dial every other (a full mesh, as in the prototype)."""
+    ports = [free_port() for _ in range(count)]
+    nodes = []
+    for i, port in enumerate(ports):
+        config = node_config(tmp_path / f"n{i}", port, [p for p in ports if p != port],
+                             [relay_port] if relay_port else [], **options)
+        nodes.append(await start_node(config))
+    return nodes
+
+
+def main_chain(running: RunningNode) -> list[bytes]:
+    chain = running.ledger.chain
+    return [chain.main_at(h).hash for h in range(chain.height + 1)]
+
+
+def chain_readings(running: RunningNode) -> list[tuple[str, int]]:
+    """(relay, timestamp) of every reading on the main chain, in chain order."""
+    out = []
+    for block_hash in main_chain(running)[1:]:
+        block = running.ledger.get_block(block_hash)
+        out.extend((block.capture.relay_id, r.timestamp_ms) for r in block.capture.readings)
+    return out

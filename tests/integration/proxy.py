@@ -1,0 +1,76 @@
+"""A fault-injecting TCP proxy for partition tests: forward, cut, delay, heal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+
+class FaultProxy:
+    """Listens on 127.0.0.1:<port> and forwards to a target; ``cut()`` drops every link
+    and refuses new ones until ``heal()``; ``delay_s`` holds each chunk back."""
+
+    def __init__(self, target_port: int, delay_s: float = 0.0) -> None:
+        self.target_port = target_port
+        self.delay_s = delay_s
+        self.cut_off = False
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> FaultProxy:
+        self._server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    def cut(self) -> None:
+        self.cut_off = True
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+
+    def heal(self) -> None:
+        self.cut_off = False
+
+    async def close(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2):
+                    await self._server.wait_closed()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.cut_off:
+            writer.transport.abort()
+            return
+        try:
+            async with asyncio.timeout(2):
+                up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except (OSError, TimeoutError):
+            writer.transport.abort()
+            return
+        self._writers.update((writer, up_writer))
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._pipe(reader, up_writer))
+                tasks.create_task(self._pipe(up_reader, writer))
+        except* (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            for w in (writer, up_writer):
+                self._writers.discard(w)
+                w.transport.abort()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while not self.cut_off:
+            data = await reader.read(65536)
+            if not data:
+                break
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
+            if self.cut_off:
+                break
+            writer.write(data)
+            await writer.drain()
+        writer.transport.abort()

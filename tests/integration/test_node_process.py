@@ -1,0 +1,113 @@
+"""gridchaind as real processes: SIGKILL and restart, clean SIGTERM shutdown, JSON log lines."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from gridchain.client import NodeClient, NodeUnavailable
+from gridchain.config import Address
+
+from .harness import free_port, start_relay, wait_until
+
+STOP_TIMEOUT_S = 5.0  # the issue's bound for a clean stop
+
+
+def spawn_node(data_dir: Path, port: int, peers: list[int], relay_port: int, log_path: Path) -> subprocess.Popen:
+    args = [sys.executable, "-m", "gridchain", "node", "--port", str(port), "--data-dir", str(data_dir),
+            "--relay", f"127.0.0.1:{relay_port}", "--network", "proc-net", "--difficulty", "8",
+            "--capture-interval", "0.2", "--log-format", "json", "--name", f"p{port}"]
+    for peer in peers:
+        args += ["--peer", f"127.0.0.1:{peer}"]
+    log_file = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed with it
+    return subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT)
+
+
+async def status(port: int) -> dict | None:
+    try:
+        async with NodeClient(Address("127.0.0.1", port), timeout=2.0) as client:
+            return await client.status()
+    except (NodeUnavailable, OSError, TimeoutError):
+        return None
+
+
+async def wait_status(port: int, predicate, timeout: float, what: str) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = await status(port)
+        if info is not None and predicate(info):
+            return info
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def stop_process(proc: subprocess.Popen) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+            raise AssertionError("node did not stop within 5 s of SIGTERM") from None
+    return proc.returncode
+
+
+async def test_sigkill_and_restart_keeps_chain_and_rejoins(tmp_path):
+    relay = await start_relay(interval_s=0.1)
+    ports = [free_port(), free_port()]
+    procs = {}
+    try:
+        for i, port in enumerate(ports):
+            procs[i] = spawn_node(tmp_path / f"n{i}", port, [p for p in ports if p != port], relay.port,
+                                  tmp_path / f"n{i}.log")
+        await wait_status(ports[1], lambda s: s["height"] >= 5, 30, "height 5 on node 1")
+        procs[1].kill()  # SIGKILL: no chance to flush anything
+        procs[1].wait(5)
+        before = await wait_status(ports[0], lambda s: True, 5, "node 0 alive")
+        procs[1] = spawn_node(tmp_path / "n1", ports[1], [ports[0]], relay.port, tmp_path / "n1.log")
+        after = await wait_status(ports[1], lambda s: s["height"] >= 1, 20, "restarted node answers")
+        assert after["height"] >= 5, "the chain survived SIGKILL"
+        await relay.close()
+        relay = None
+        await asyncio.sleep(0.5)
+        tip0 = (await wait_status(ports[0], lambda s: True, 5, "node 0"))["tip"]
+        await wait_status(ports[1], lambda s: s["tip"] == tip0 or s["height"] > before["height"], 20, "rejoined")
+        final0 = await wait_status(ports[0], lambda s: True, 5, "node 0")
+        await wait_status(ports[1], lambda s: s["tip"] == final0["tip"], 20, "same tip")
+        for proc in procs.values():
+            assert stop_process(proc) == 0
+        lines = (tmp_path / "n1.log").read_text().splitlines()
+        events = [json.loads(line) for line in lines if line.startswith("{")]
+        names = {e["event"] for e in events}
+        assert {"node.started", "node.stopped", "peer.connected"} <= names
+        assert all("timestamp" in e and "." in e["timestamp"] for e in events)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+        if relay is not None:
+            await relay.close()
+
+
+def test_node_refuses_a_busy_port_with_one_line(tmp_path):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "gridchain", "node", "--port", str(port), "--data-dir", str(tmp_path / "d"),
+             "--network", "proc-net", "--difficulty", "8", "--log-format", "json"],
+            capture_output=True, text=True, timeout=30, env={**os.environ})
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert f"{port}" in result.stderr.strip().splitlines()[-1]

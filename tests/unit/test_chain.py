@@ -1,0 +1,377 @@
+"""The block tree: extension, side branches, fork choice, reorgs, relay bookkeeping, sync helpers."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gridchain.consensus import pow
+from gridchain.consensus.block import Capture
+from gridchain.consensus.chain import (
+    MAX_LOCATOR_HASHES, Chain, ChainEntry, OrphanPool, _trie_get, _trie_set, displaced_readings, locator_heights,
+)
+from gridchain.consensus.merkle import payload_root
+from gridchain.consensus.rules import RuleViolation
+from gridchain.consensus.template import block_template, seal
+
+from .helpers import ALICE, BOB, GENESIS, NOW_MS, PARAMS, Relay, capture, grow, make_block, new_chain
+
+
+def branch_start(chain: Chain, entry: ChainEntry, relay_id: str = "relay-1") -> int:
+    newest = chain.newest_reading_ms(relay_id, entry)
+    return 1_000 if newest is None else newest + 1
+
+
+def test_new_chain_is_genesis_only():
+    chain = new_chain()
+    assert chain.tip is chain.genesis and chain.height == 0 and len(chain) == 1
+    assert chain.genesis_hash == GENESIS.hash and GENESIS.hash in chain
+    assert chain.tip.work == 0 and chain.main_at(0) is chain.genesis and chain.main_at(1) is None
+    assert chain.newest_reading_ms("relay-1") is None
+    assert chain.locator() == [GENESIS.hash]
+
+
+def test_extension():
+    chain = new_chain()
+    blocks, results = grow(chain, chain.tip, 5)
+    assert [r.status for r in results] == ["extended"] * 5
+    assert all(r.connected == (r.entry,) and r.disconnected == () for r in results)
+    assert chain.height == 5 and len(chain) == 6 and chain.tip.hash == blocks[-1].hash
+    assert [chain.main_at(h).hash for h in range(1, 6)] == [b.hash for b in blocks]
+    assert chain.tip.work == 5 * 2**PARAMS.bits
+    assert chain.get(blocks[2].hash).parent.hash == blocks[1].hash
+    assert chain.main_at(-1) is None and chain.main_at(6) is None
+
+
+def test_duplicate_is_reported_not_raised():
+    chain = new_chain()
+    blocks, results = grow(chain, chain.tip, 2)
+    again = chain.add(blocks[0], NOW_MS)
+    assert again.status == "duplicate" and again.entry is results[0].entry
+    assert chain.height == 2 and len(chain) == 3
+    assert chain.add(GENESIS, NOW_MS).status == "duplicate"
+
+
+def test_side_branch_keeps_tip():
+    chain = new_chain()
+    grow(chain, chain.tip, 3)
+    fork = chain.main_at(1)
+    tip = chain.tip
+    _, results = grow(chain, fork, 1, Relay(start_ms=branch_start(chain, fork)), "bob", BOB)
+    side = results[0]
+    assert side.status == "side" and side.connected == () and side.disconnected == ()
+    assert chain.tip is tip and not chain.is_main(side.entry) and chain.is_main(fork)
+    assert chain.fork_point(side.entry) is fork
+
+
+def test_tie_keeps_first_seen_then_reorg_depth_one():
+    chain = new_chain()
+    _, first = grow(chain, chain.tip, 3)
+    fork = chain.main_at(2)
+    relay = Relay(start_ms=branch_start(chain, fork))
+    _, rival = grow(chain, fork, 1, relay, "bob", BOB)
+    assert rival[0].status == "side" and rival[0].entry.work == chain.tip.work
+    assert chain.tip is first[-1].entry
+    _, more = grow(chain, rival[0].entry, 1, relay, "bob", BOB)
+    result = more[0]
+    assert result.status == "reorg"
+    assert result.disconnected == (first[-1].entry,)
+    assert result.connected == (rival[0].entry, result.entry)
+    assert chain.tip is result.entry and chain.height == 4
+    assert not chain.is_main(first[-1].entry) and chain.is_main(rival[0].entry)
+
+
+def test_reorg_depth_50_and_displaced_readings():
+    chain = new_chain()
+    old_blocks, old = grow(chain, chain.tip, 50, Relay(openings=7))
+    # The new branch holds the first 10 blocks' readings of relay-1 (as a peer that captured
+    # them too would), and then readings of its own relay.
+    new_blocks, new = grow(chain, chain.genesis, 10, Relay(openings=5), "bob", BOB)
+    more_blocks, more = grow(chain, new[-1].entry, 41, Relay("relay-2"), "bob", BOB)
+    assert all(r.status == "side" for r in new + more[:-1])
+    result = more[-1]
+    assert result.status == "reorg"
+    assert result.disconnected == tuple(r.entry for r in reversed(old))  # tip first
+    assert result.connected == tuple(r.entry for r in new + more)  # oldest first
+    assert chain.height == 51 and chain.tip is result.entry
+    assert all(chain.is_main(r.entry) for r in new + more)
+    assert not any(chain.is_main(r.entry) for r in old)
+    assert chain.newest_reading_ms("relay-1") == new_blocks[-1].capture.newest_ms
+    assert chain.newest_reading_ms("relay-2") == more_blocks[-1].capture.newest_ms
+
+    displaced = displaced_readings(list(reversed(old_blocks)), new_blocks + more_blocks)
+    assert len(displaced) == 1
+    expected = [r for b in old_blocks[10:] for r in b.capture.readings]
+    assert displaced[0] == Capture("relay-1", "North", 7, tuple(expected))
+
+
+def test_displaced_readings_per_relay_and_kept_ones():
+    a, b = Relay("relay-a", openings=1), Relay("relay-b", openings=4)
+    a1, b1, a2 = a.next(), b.next(), a.next()
+    a2 = Capture("relay-a", "North", 2, a2.readings)  # the counter rose between the two captures
+    old = [make_block(new_chain().genesis, c) for c in (a1, b1, a2)]
+    # The new branch already holds a1 entirely and the first half of b1.
+    kept = [make_block(new_chain().genesis, a1, "bob", BOB),
+            make_block(new_chain().genesis, Capture("relay-b", "North", 4, b1.readings[:3]), "bob", BOB)]
+    displaced = displaced_readings(old, kept)
+    assert displaced == [Capture("relay-a", "North", 2, a2.readings), Capture("relay-b", "North", 4, b1.readings[3:])]
+    assert displaced_readings([], kept) == [] and displaced_readings(old[:1], old[:1]) == []
+
+
+def test_newest_reading_per_relay_per_branch():
+    chain = new_chain()
+    grow(chain, chain.tip, 4, Relay(openings=2))
+    fork = chain.main_at(2)
+    _, side = grow(chain, fork, 1, Relay(start_ms=branch_start(chain, fork), openings=9), "bob", BOB)
+    side_entry = side[0].entry
+    assert chain.newest_reading_ms("relay-1", side_entry) == side_entry.newest_ms
+    assert chain.newest_openings("relay-1", side_entry) == 9
+    assert chain.newest_reading_ms("relay-1", fork) == fork.newest_ms
+    assert chain.newest_reading_ms("relay-1") == chain.tip.newest_ms > side_entry.newest_ms
+    assert chain.newest_openings("relay-1") == 2
+    assert chain.newest_reading_ms("relay-1", chain.genesis) is None
+    assert chain.newest_reading_ms("nobody") is None
+    # A reading on the main chain may still be added on a branch that lacks it.
+    start = branch_start(chain, fork)
+    block = make_block(fork, capture(start_ms=start, openings=2), "carol")
+    assert chain.add(block, NOW_MS).status == "side"
+
+
+def brute_newest(entry: ChainEntry, relay_id: str) -> int | None:
+    node = entry
+    while node is not None:
+        if node.relay_id == relay_id and node.newest_ms is not None:
+            return node.newest_ms
+        node = node.parent
+    return None
+
+
+def test_newest_with_many_relays_grows_the_trie():
+    chain = new_chain()
+    relays = [Relay(f"relay-{i}", per_block=1) for i in range(40)]
+    parent = chain.tip
+    entries = [parent]
+    for i in range(300):
+        relay = relays[(i * 7) % len(relays)]
+        parent = chain.add(make_block(parent, relay.next()), NOW_MS).entry
+        entries.append(parent)
+    for entry in entries[::13] + [chain.tip]:
+        for relay in relays:
+            assert chain.newest_reading_ms(relay.relay_id, entry) == brute_newest(entry, relay.relay_id)
+
+
+def test_relay_trie_is_persistent_at_every_depth():
+    rng = random.Random(7)
+    versions = [((), 0, {})]
+    for step in range(3_000):
+        root, depth, model = versions[rng.randrange(len(versions))]  # branch off any older version
+        number = rng.choice([rng.randrange(16), rng.randrange(300), rng.randrange(5_000)])
+        root, depth = _trie_set(root, depth, number, step)
+        versions.append((root, depth, {**model, number: step}))
+    for root, depth, model in versions[::50] + versions[-5:]:
+        for number in list(model) + [0, 15, 16, 255, 256, 4_095, 4_096, 70_000]:
+            assert _trie_get(root, depth, number) == model.get(number)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 2)), min_size=5, max_size=40))
+def test_fork_choice_matches_a_model(steps):
+    """Blocks on random parents: most work wins, a tie keeps the first seen, every branch is exact."""
+    chain = new_chain()
+    entries = [chain.genesis]
+    expected_tip = chain.genesis
+    for pick, relay_number in steps:
+        parent = entries[pick % len(entries)]
+        relay_id = f"relay-{relay_number}"
+        cap = capture(relay_id, start_ms=branch_start(chain, parent, relay_id), count=2)
+        result = chain.add(make_block(parent, cap), NOW_MS)
+        entries.append(result.entry)
+        if result.entry.work > expected_tip.work:
+            expected_tip = result.entry
+        assert chain.tip is expected_tip
+        path = []
+        node = chain.tip
+        while node is not None:
+            path.append(node)
+            node = node.parent
+        assert [chain.main_at(h) for h in range(chain.height + 1)] == path[::-1]
+        if result.status == "reorg":
+            assert result.connected[-1] is result.entry
+            assert result.disconnected[-1].parent is result.connected[0].parent
+    for entry in entries:
+        for relay_number in range(3):
+            relay_id = f"relay-{relay_number}"
+            assert chain.newest_reading_ms(relay_id, entry) == brute_newest(entry, relay_id)
+
+
+def test_unknown_parent_then_children_connect():
+    chain, other = new_chain(), new_chain()
+    blocks, _ = grow(other, other.tip, 3)
+    with pytest.raises(RuleViolation) as caught:
+        chain.add(blocks[2], NOW_MS)
+    assert caught.value.reason == "unknown-parent"
+    for block in blocks:
+        chain.add(block, NOW_MS)
+    assert chain.tip.hash == other.tip.hash
+
+
+def test_add_trusted_rebuilds_the_same_chain():
+    chain = new_chain()
+    _, main = grow(chain, chain.tip, 6)
+    fork = chain.main_at(3)
+    grow(chain, fork, 3, Relay(start_ms=branch_start(chain, fork)), "bob", BOB)
+    rebuilt = new_chain()
+    for entry in sorted((e for e in chain._entries.values() if e.parent is not None), key=lambda e: e.seq):
+        assert rebuilt.add_trusted(entry.header, entry.relay_id, entry.newest_ms, entry.openings).status != "duplicate"
+    assert rebuilt.tip.hash == chain.tip.hash and len(rebuilt) == len(chain)
+    assert rebuilt.newest_reading_ms("relay-1") == chain.newest_reading_ms("relay-1")
+    assert rebuilt.add_trusted(chain.tip.header, "relay-1", 1, 0).status == "duplicate"
+    orphan = make_block(chain.tip, capture(start_ms=10**13))
+    with pytest.raises(RuleViolation):
+        new_chain().add_trusted(orphan.header, "relay-1", 1, 0)
+
+
+def test_undo_takes_back_adds_newest_first():
+    chain = new_chain()
+    _, main = grow(chain, chain.tip, 3)
+    fork = chain.main_at(1)
+    relay = Relay(start_ms=branch_start(chain, fork))
+    _, side = grow(chain, fork, 3, relay, "bob", BOB)
+    assert [r.status for r in side] == ["side", "side", "reorg"]
+    with pytest.raises(ValueError):
+        chain.undo(main[-1])  # no longer the tip
+    for result in reversed(side):
+        chain.undo(result)
+    assert chain.tip is main[-1].entry and len(chain) == 4
+    assert [chain.main_at(h) for h in range(4)] == [chain.genesis] + [r.entry for r in main]
+    chain.undo(main[-1])
+    assert chain.tip is main[-2].entry and main[-1].entry.hash not in chain
+    with pytest.raises(ValueError):
+        chain.undo(main[-1])
+    again = chain.add(make_block(chain.tip, relay.next()), NOW_MS)
+    assert again.status == "extended" and chain.height == 3
+
+
+# --- sync helpers -----------------------------------------------------------------------------
+
+def test_locator_and_find_fork():
+    chain = new_chain()
+    grow(chain, chain.tip, 120, Relay(per_block=1))
+    locator = chain.locator()
+    heights = [chain.get(h).height for h in locator]
+    assert heights[:10] == list(range(120, 110, -1))
+    assert heights[10:] == [109, 105, 97, 81, 49, 0]
+    assert len(locator) <= MAX_LOCATOR_HASHES and locator[-1] == GENESIS.hash
+    assert chain.find_fork(locator) is chain.tip
+    assert chain.find_fork([b"\x01" * 32]) is chain.genesis
+    assert chain.find_fork([b"\x01" * 32, chain.main_at(7).hash]) is chain.main_at(7)
+
+
+def test_locator_of_a_side_branch_follows_it():
+    chain = new_chain()
+    grow(chain, chain.tip, 30, Relay(per_block=1))
+    fork = chain.main_at(20)
+    _, side = grow(chain, fork, 5, Relay(start_ms=branch_start(chain, fork), per_block=1), "bob", BOB)
+    locator = chain.locator(side[-1].entry)
+    assert locator[:5] == [r.entry.hash for r in reversed(side)]
+    assert [chain.get(h).height for h in locator[5:10]] == [20, 19, 18, 17, 16]
+    assert chain.find_fork(locator) is fork
+
+
+@pytest.mark.parametrize("height", [0, 1, 10, 11, 1_000, 10**6, 2**62])
+def test_locator_heights_are_bounded(height):
+    heights = locator_heights(height)
+    assert heights[0] == height and heights[-1] == 0 and len(heights) <= MAX_LOCATOR_HASHES
+    assert heights == sorted(set(heights), reverse=True)
+    dense = min(10, height)
+    assert heights[:dense] == list(range(height, height - dense, -1))
+
+
+def test_main_hashes_after():
+    chain = new_chain()
+    blocks, _ = grow(chain, chain.tip, 10, Relay(per_block=1))
+    assert chain.main_hashes_after(chain.genesis, 4) == [b.hash for b in blocks[:4]]
+    assert chain.main_hashes_after(chain.main_at(8), 100) == [b.hash for b in blocks[8:]]
+    assert chain.main_hashes_after(chain.tip, 5) == [] and chain.main_hashes_after(chain.genesis, 0) == []
+    fork = chain.main_at(6)
+    _, side = grow(chain, fork, 1, Relay(start_ms=branch_start(chain, fork), per_block=1), "bob", BOB)
+    assert chain.main_hashes_after(side[0].entry, 2) == [b.hash for b in blocks[6:8]]
+
+
+def test_ancestor():
+    chain = new_chain()
+    grow(chain, chain.tip, 8, Relay(per_block=1))
+    fork = chain.main_at(4)
+    _, side = grow(chain, fork, 3, Relay(start_ms=branch_start(chain, fork), per_block=1), "bob", BOB)
+    tip = side[-1].entry
+    assert chain.ancestor(tip, 7) is tip and chain.ancestor(tip, 5) is side[0].entry
+    assert chain.ancestor(tip, 4) is fork and chain.ancestor(tip, 0) is chain.genesis
+    with pytest.raises(ValueError):
+        chain.ancestor(tip, 8)
+
+
+# --- building blocks to mine ---------------------------------------------------------------------
+
+def test_template_and_seal_make_an_acceptable_block():
+    chain = new_chain()
+    grow(chain, chain.tip, 3)
+    parent = chain.tip
+    cap = capture(start_ms=chain.newest_reading_ms("relay-1") + 1)
+    median = chain.median_time_ms(parent)
+    slow_clock = block_template(parent, cap, "alice", ALICE.public_key, PARAMS, median - 5_000)
+    assert slow_clock.time_ms == median + 1  # a lagging clock still builds a block the rules accept
+    header = block_template(parent, cap, "alice", ALICE.public_key, PARAMS, parent.time_ms + 60_000)
+    assert (header.height, header.prev_hash, header.bits, header.nonce) == (4, parent.hash, PARAMS.bits, 0)
+    assert header.time_ms == parent.time_ms + 60_000 and header.payload_root == payload_root(cap, "alice")
+    nonce = pow.mine(header.prefix(), header.bits)
+    block = seal(header, nonce, cap, "alice", ALICE.sign)
+    assert block.header.nonce == nonce and block.header.with_nonce(0) == header
+    assert chain.add(block, NOW_MS).status == "extended"
+
+
+# --- orphans ----------------------------------------------------------------------------------
+
+def orphan_blocks(count: int):
+    chain = new_chain()
+    blocks, _ = grow(chain, chain.tip, count, Relay(per_block=1))
+    return blocks
+
+
+def test_orphan_pool_children_and_missing_parents():
+    blocks = orphan_blocks(4)
+    pool = OrphanPool()
+    assert pool.add(blocks[1], 100) and pool.add(blocks[2], 100) and pool.add(blocks[3], 100)
+    assert not pool.add(blocks[1], 100)
+    assert len(pool) == 3 and pool.has(blocks[2].hash) and blocks[2].hash in pool and pool.nbytes == 300
+    assert pool.missing_parents() == [blocks[0].hash]
+    assert pool.pop_children(blocks[0].hash) == [blocks[1]]
+    assert pool.pop_children(blocks[0].hash) == []
+    assert pool.missing_parents() == [blocks[1].hash]
+    assert pool.pop_children(blocks[1].hash) == [blocks[2]] and len(pool) == 1 and pool.nbytes == 100
+
+
+def test_orphan_pool_evicts_oldest_by_count_and_bytes():
+    blocks = orphan_blocks(8)
+    pool = OrphanPool(max_blocks=3, max_bytes=1_000)
+    for block in blocks[:5]:
+        pool.add(block, 100)
+    assert len(pool) == 3 and [pool.has(b.hash) for b in blocks[:5]] == [False, False, True, True, True]
+    assert pool.add(blocks[5], 850)  # needs room for 850 bytes: two of the three go
+    assert [pool.has(b.hash) for b in blocks[2:6]] == [False, False, True, True]
+    assert pool.nbytes == 950
+    assert not pool.add(blocks[6], 1_001) and not pool.has(blocks[6].hash)
+    assert pool.pop_children(blocks[4].hash) == [blocks[5]] and pool.nbytes == 100
+
+
+def test_orphan_pool_siblings():
+    chain = new_chain()
+    parent = chain.tip
+    a = make_block(parent, capture())
+    b = make_block(parent, capture(), "bob", BOB)
+    pool = OrphanPool()
+    pool.add(a, 10)
+    pool.add(b, 10)
+    assert pool.pop_children(parent.hash) == [a, b] and len(pool) == 0 and pool.missing_parents() == []

@@ -1,0 +1,152 @@
+"""gridchaind and gridchain-relay settings: layering, checks, and one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gridchain.config import DEFAULT_CAPTURE_INTERVAL_S, DEFAULT_DIFFICULTY, MIN_CAPTURE_INTERVAL_S, Address
+from gridchain.settings import (
+    NODE_SETTINGS, SettingError, build_node_parser, load_node_config, load_node_settings, load_relay_settings,
+    resolve_node_settings,
+)
+
+KEY = "ab" * 32
+
+
+def settings(argv: list[str], env: dict | None = None):
+    return load_node_settings(argv, env or {})
+
+
+def error_of(capsys, argv: list[str], env: dict | None = None) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        settings(argv, env)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    return err.splitlines()[-1]
+
+
+def test_defaults():
+    s = settings([])
+    config = s.config
+    assert config.port == 5004 and config.host == "127.0.0.1"
+    assert config.data_dir == Path("gridchain-data/5004")
+    assert config.difficulty == DEFAULT_DIFFICULTY and config.capture_interval_s == DEFAULT_CAPTURE_INTERVAL_S
+    assert config.peers == () and config.relays == () and config.members is None
+    assert (s.log_format, s.log_level) == ("auto", "info")
+
+
+def test_flags_build_the_config():
+    config = load_node_config(
+        ["--port", "5005", "--host", "0.0.0.0", "--peer", "127.0.0.1:5004", "--peer", "node3:5006",
+         "--relay", "relay:5010", "--relay", "5011", "--data-dir", "/tmp/x", "--network", "net", "--difficulty", "8",
+         "--capture-interval", "1.5", "--name", "alpha", "--min-peers", "2", "--member", KEY, "--max-inbound", "9",
+         "--ban-seconds", "30", "--mining-threads", "2"], {})
+    assert config.port == 5005 and config.host == "0.0.0.0"
+    assert config.peers == (Address("127.0.0.1", 5004), Address("node3", 5006))
+    assert config.relays == (Address("relay", 5010), Address("127.0.0.1", 5011))
+    assert config.data_dir == Path("/tmp/x") and config.network == "net" and config.difficulty == 8
+    assert config.capture_interval_s == 1.5 and config.name == "alpha" and config.min_peers == 2
+    assert config.members == frozenset({bytes.fromhex(KEY)})
+    assert (config.max_inbound, config.ban_seconds, config.mining_threads) == (9, 30.0, 2)
+
+
+def test_precedence_flags_over_env_over_file(tmp_path):
+    toml = tmp_path / "node.toml"
+    toml.write_text('port = 6000\ndifficulty = 4\ncapture_interval = 2.5\nnetwork = "file-net"\n'
+                    'peers = ["127.0.0.1:6001", "127.0.0.1:6002"]\nlog_format = "console"\n')
+    env = {"GRIDCHAIN_DIFFICULTY": "5", "GRIDCHAIN_PEERS": "a:1, b:2", "GRIDCHAIN_NETWORK": "env-net"}
+    s = settings(["--config", str(toml), "--difficulty", "6"], env)
+    assert s.config.port == 6000  # file only
+    assert s.config.capture_interval_s == 2.5
+    assert s.config.difficulty == 6  # flag beats env and file
+    assert s.config.network == "env-net"  # env beats file
+    assert s.config.peers == (Address("a", 1), Address("b", 2))  # a list is replaced, not merged
+    assert s.log_format == "console"
+    assert s.config.data_dir == Path("gridchain-data/6000")  # the default follows the port
+
+
+def test_config_file_from_env_and_empty_env_is_unset(tmp_path):
+    toml = tmp_path / "node.toml"
+    toml.write_text("port = 6100\n")
+    s = settings([], {"GRIDCHAIN_CONFIG": str(toml), "GRIDCHAIN_PORT": "", "GRIDCHAIN_UNRELATED": "x"})
+    assert s.config.port == 6100
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--difficulty", "65"], "gridchaind: error: --difficulty: 65 is outside 0..64"),
+    (["--difficulty", "x"], "--difficulty: 'x' is not a whole number"),
+    (["--port", "70000"], "--port: 70000 is outside 1..65535"),
+    (["--peer", "host:notaport"], "--peer: bad address 'host:notaport'"),
+    (["--relay", "relay:0"], "--relay: bad address 'relay:0': port 0 outside 1..65535"),
+    (["--capture-interval", "0.001"], f"--capture-interval: 0.001 is below the minimum of {MIN_CAPTURE_INTERVAL_S}"),
+    (["--capture-interval", "nan"], "--capture-interval: nan is not finite"),
+    (["--min-peers", "-1"], "--min-peers: -1 is below 0"),
+    (["--member", "xyz"], "--member: 'xyz' is not hex"),
+    (["--member", "abcd"], "--member: 'abcd' is not an Ed25519 public key"),
+    (["--log-format", "xml"], "--log-format: 'xml' is not one of auto, json, console"),
+    (["--name", "n" * 300], "--name: "),
+    (["--config", "/nonexistent/node.toml"], "--config /nonexistent/node.toml: no such file"),
+])
+def test_bad_flags_give_one_line(capsys, argv, expected):
+    assert expected in error_of(capsys, argv)
+
+
+def test_bad_env_names_the_variable(capsys):
+    assert error_of(capsys, [], {"GRIDCHAIN_DIFFICULTY": "99"}) == \
+        "gridchaind: error: GRIDCHAIN_DIFFICULTY: 99 is outside 0..64"
+    assert "GRIDCHAIN_PEERS: bad address 'a:b'" in error_of(capsys, [], {"GRIDCHAIN_PEERS": "x:1,a:b"})
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("prot = 5004\n", "unknown setting 'prot' (did you mean 'port'?)"),
+    ("zzz = 1\n", "unknown setting 'zzz' (known: host, port,"),
+    ('peers = "a:1"\n', "peers must be a list"),
+    ('peers = ["a:1", "b"]\n', "peers: bad address 'b'"),
+    ("difficulty = 99\n", "difficulty: 99 is outside 0..64"),
+    ("difficulty = true\n", "difficulty: True is not a whole number"),
+    ("capture_interval = 0.0\n", "capture_interval: 0.0 is below the minimum"),
+    ("port = [\n", "not valid TOML"),
+])
+def test_bad_config_file(capsys, tmp_path, text, expected):
+    toml = tmp_path / "node.toml"
+    toml.write_text(text)
+    line = error_of(capsys, ["--config", str(toml)])
+    assert line.startswith(f"gridchaind: error: {toml}: ") and expected in line
+
+
+def test_every_setting_has_a_flag_env_and_toml_key():
+    parser = build_node_parser()
+    options = {a for action in parser._actions for a in action.option_strings}
+    for s in NODE_SETTINGS:
+        assert s.option in options
+        assert s.env == "GRIDCHAIN_" + s.key.upper()
+
+
+def test_resolve_raises_setting_error_for_callers_without_argparse():
+    with pytest.raises(SettingError, match="--port"):
+        resolve_node_settings({"port": "0"}, {})
+
+
+def test_relay_settings():
+    s = load_relay_settings(["--port", "5011", "--host", "0.0.0.0", "--interval", "0.5", "--relay-id", "R2",
+                             "--seed", "3", "--capture-dir", "/tmp/c", "--log-format", "json"])
+    assert (s.port, s.host, s.interval_s, s.relay_id, s.seed) == (5011, "0.0.0.0", 0.5, "R2", 3)
+    assert s.capture_dir == Path("/tmp/c") and s.log_format == "json" and s.fault_probability is None
+    d = load_relay_settings([])
+    assert (d.port, d.interval_s, d.relay_id) == (5010, 10.0, "Relay 1")
+    assert d.substation == "Bogotá Electrical Substation - U.D."
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--interval", "0.01"], "argument --interval: 0.01 is below the minimum of 0.1"),
+    (["--port", "0"], "argument --port: 0 is outside 1..65535"),
+    (["--fault-probability", "2"], "argument --fault-probability: 2.0 is above 1"),
+])
+def test_bad_relay_flags(capsys, argv, expected):
+    with pytest.raises(SystemExit) as exit_info:
+        load_relay_settings(argv)
+    assert exit_info.value.code == 2
+    assert expected in capsys.readouterr().err
