@@ -62,7 +62,10 @@ class NodeKey:
     def load_or_create(cls, data_dir: Path) -> NodeKey:
         path = Path(data_dir) / KEY_FILE
         if not path.exists():
-            _write_new(path, cls.generate())
+            try:
+                _write_new(path, cls.generate())
+            except OSError as exc:
+                raise KeyFileError("cannot-create", path, exc.strerror or str(exc)) from None
         return cls.load(path)
 
     @classmethod

@@ -130,7 +130,7 @@ class Ledger:
             displaced = self._displaced(result, pending)
             self.store.commit([block], [change] if change else [])
         except BaseException:
-            _unlink(self.chain, result)
+            self.chain.undo(result)
             raise
         return LedgerUpdate(result, displaced)
 
@@ -171,7 +171,7 @@ class Ledger:
                 self.store.commit(list(pending.values()), changes)
         except BaseException:
             for result in reversed(results):
-                _unlink(self.chain, result)
+                self.chain.undo(result)
             raise
         updates += self._connect_orphans(list(pending), now_ms)
         return BatchResult(updates, rejected, error)
@@ -213,23 +213,12 @@ class Ledger:
                                   [self._block(e, pending) for e in result.connected])
 
 
-def _unlink(chain: Chain, result: AddResult) -> None:
-    """Undo one ``chain.add`` whose block could not be stored (the last add first)."""
-    if result.status == "duplicate":
-        return
-    main = chain._main  # the chain has no public removal: only the ledger ever needs one
-    if result.status == "extended":
-        main.pop()
-    elif result.status == "reorg":
-        del main[result.connected[0].height:]
-        main.extend(reversed(result.disconnected))
-    del chain._entries[result.entry.hash]
-
-
 # --- opening: rebuild and re-check ------------------------------------------------------------
 def rebuild_chain(store: Store, genesis: Block, params: NetworkParams) -> Chain:
     """The chain as the store's block index describes it, in the order the blocks arrived."""
     chain = Chain(genesis, params)
+    if store.get_raw(genesis.hash) != genesis.encode():
+        raise LedgerDamaged(genesis.hash.hex(), 0, "the genesis row is missing or altered")
     for block_hash, header_bytes, relay_id, newest_ms, openings in store.iter_index():
         if block_hash == genesis.hash:
             continue
@@ -253,17 +242,13 @@ def recheck_newest(store: Store, chain: Chain, params: NetworkParams, count: int
     """Check the newest ``count`` main-chain blocks in full; raise LedgerDamaged on the first fault."""
     for height in range(max(1, chain.height - count + 1), chain.height + 1):
         entry = chain.main_at(height)
-        reason = check_stored_block(store, chain, entry, params)
-        if reason is None and store.main_hash_at(height) != entry.hash:
-            reason = "main table does not list this block at its height"
-        if reason is None:
-            reason = check_readings_rows(store.db, height, store.get_block(entry.hash))
+        reason = _recheck(store, chain, entry, params)
         if reason is not None:
             raise LedgerDamaged(entry.hash.hex(), height, reason)
 
 
-def check_stored_block(store: Store, chain: Chain, entry: ChainEntry, params: NetworkParams) -> str | None:
-    """Why the stored bytes of ``entry`` are not a valid block on its parent, or None."""
+def _recheck(store: Store, chain: Chain, entry: ChainEntry, params: NetworkParams) -> str | None:
+    """Why the stored block of main-chain ``entry`` or its rows are not what they must be, or None."""
     raw = store.get_raw(entry.hash)
     if raw is None:
         return "block row missing"
@@ -271,26 +256,22 @@ def check_stored_block(store: Store, chain: Chain, entry: ChainEntry, params: Ne
         block = Block.decode(raw)
     except BlockDecodeError as exc:
         return f"stored block does not decode ({exc})"
-    return check_block_bytes(block, entry.hash, chain, entry.parent, params, entry)
-
-
-def check_block_bytes(block: Block, block_hash: bytes, chain: Chain, parent: ChainEntry | None,
-                      params: NetworkParams, entry: ChainEntry | None = None) -> str | None:
-    if block.hash != block_hash:
+    if block.hash != entry.hash:
         return "stored block does not hash to its key"
-    if entry is not None and (entry.relay_id, entry.newest_ms, entry.openings) != _index_facts(block):
+    if (entry.relay_id, entry.newest_ms, entry.openings) != _index_facts(block):
         return "index relay/newest/openings columns differ from the payload"
-    if parent is None:
-        return "parent missing"
     try:
-        rules.check_block(block, params, block.header.time_ms)  # the clock rule applied on arrival
+        rules.check_block(block, params, block.header.time_ms)  # the clock rule as applied on arrival
+        parent = entry.parent
         newest = chain.newest_of(block.capture.relay_id, parent)
         rules.check_context(block, parent.height, chain.median_time_ms(parent),
                             None if newest is None else newest.newest_ms,
                             None if newest is None else newest.openings)
     except RuleViolation as exc:
         return str(exc)
-    return None
+    if store.main_hash_at(entry.height) != entry.hash:
+        return "main table does not list this block at its height"
+    return check_readings_rows(store.db, entry.height, block)
 
 
 def check_readings_rows(db: sqlite3.Connection, height: int, block: Block | None) -> str | None:
@@ -371,6 +352,7 @@ class _Audit:
         self.omitted = 0
         self.checked = 0
         self.lost: set[bytes] = set()  # blocks that could not be placed in the tree
+        self.saw_genesis = False
 
     def note(self, height: int, block_hash: bytes, reason: str) -> None:
         if len(self.problems) < MAX_PROBLEMS:
@@ -394,6 +376,8 @@ class _Audit:
             self.checked += 1
             if self.progress is not None and self.checked % PROGRESS_EVERY == 0:
                 self.progress(self.checked, total)
+        if not self.saw_genesis:
+            self.note(0, self.genesis.hash, "the genesis row is missing")
         self._check_main(meta.get("tip"), main)
         if self.progress is not None:
             self.progress(self.checked, total)
@@ -401,6 +385,7 @@ class _Audit:
     def _check_row(self, row: tuple, main: dict[int, bytes]) -> None:
         block_hash, height, prev_hash, header_bytes, *_ = row
         if block_hash == self.genesis.hash:
+            self.saw_genesis = True
             if row[8] != self.genesis.encode() or header_bytes != self.genesis.header.to_bytes() or height != 0:
                 self.note(height, block_hash, "genesis row differs from this network's genesis")
             return

@@ -127,8 +127,11 @@ class Store:
         return store
 
     def _init_or_check(self, network: str, genesis: Block) -> None:
-        has_meta = self.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone()
-        meta = dict(self.db.execute("SELECT key, value FROM meta")) if has_meta else {}
+        tables = {row[0] for row in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        meta = dict(self.db.execute("SELECT key, value FROM meta")) if "meta" in tables else {}
+        if not meta and tables - {"meta"}:
+            raise StoreError("not-a-store", f"{self.path} is an SQLite database of something else "
+                                            f"(tables {', '.join(sorted(tables))})")
         if not meta:
             with self.transaction("creating the store"):
                 for statement in _SCHEMA.split(";\n"):
@@ -251,9 +254,9 @@ class Store:
                       ) -> tuple[list[tuple], tuple[int, str] | None]:
         """Main-chain readings ordered by (timestamp_ms, relay_id), one keyset page at a time.
 
-        Rows are (relay_id, timestamp_ms, vab, ..., reactive_power, block_height); ``since_ms``
-        and ``until_ms`` are inclusive. The second value is the ``after`` of the next page, or
-        None when this page is the last.
+        Rows are (relay_id, timestamp_ms, vab, ..., reactive_power, openings, block_height,
+        block_hash); ``since_ms`` and ``until_ms`` are inclusive. The second value is the
+        ``after`` of the next page, or None when this page is the last.
         """
         limit = max(1, min(limit, MAX_PAGE))
         where, args = [], []
@@ -269,7 +272,7 @@ class Store:
         if after is not None:
             where.append("(timestamp_ms, relay_id) > (?, ?)")
             args.extend(after)
-        sql = (f"SELECT {_READING_COLUMNS}, block_height FROM readings "
+        sql = (f"SELECT {_READING_COLUMNS}, openings, block_height, block_hash FROM readings "
                f"{'WHERE ' + ' AND '.join(where) if where else ''} "
                f"ORDER BY timestamp_ms, relay_id LIMIT ?")
         try:
@@ -321,12 +324,15 @@ def _net_change(changes: Sequence[MainChange]) -> tuple[int, list[Block], bytes 
     if not changes:
         return 0, [], None
     fork = min(c.fork_height for c in changes)
-    above: dict[int, Block] = {}
+    above: dict[int, Block] = {}  # height -> block
+    top = -1  # highest height in ``above``: an extension deletes nothing, so a run stays O(n)
     for change in changes:
-        for height in [h for h in above if h > change.fork_height]:
-            del above[height]
+        for height in range(change.fork_height + 1, top + 1):
+            above.pop(height, None)
+        top = min(top, change.fork_height)
         for block in change.connected:
             above[block.height] = block
+            top = block.height
     return fork, [above[h] for h in sorted(above)], changes[-1].tip
 
 

@@ -37,8 +37,8 @@ MAX_CODE = 64  # bytes: reject codes and error reasons are short stable names li
 MAX_DETAIL = 4096  # bytes: one human-readable sentence or error text, never a payload
 # Cumulative work as big-endian bytes: 64 bytes hold 2**512, past any chain of 256-bit work.
 MAX_WORK_BYTES = 64
-MAX_HEADERS = 1000  # main-chain summary rows per headers request (a screenful, ~150 KB)
-MAX_READINGS_PAGE = 5000  # readings rows per page: ~700 KB, far under the frame cap
+MAX_HEADERS = 1000  # main-chain summary rows per headers request (~180 KB answered)
+MAX_READINGS_PAGE = 5000  # readings rows per page: ~750 KB, far under the 4 MiB frame cap
 # A reading's Merkle path: a payload of MAX_READINGS_PER_BLOCK + 1 leaves needs 14 hashes.
 MAX_PROOF_PATH = 32
 MAX_PROBLEMS = 1000  # a verify report lists at most this many problems; one already fails it

@@ -102,9 +102,10 @@ class RelayServer:
         for writer in self._clients.values():
             writer.close()
         tasks = [task for task in (self._ticker, *self._clients) if task is not None]
-        _, pending = await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT_S)
-        for task in pending:
-            task.cancel()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT_S)
+            for task in pending:
+                task.cancel()
         await self._server.wait_closed()
         self._server = None
         self._log.info("relay.stopped", openings=self.simulator.openings)
@@ -124,6 +125,15 @@ class RelayServer:
             except OSError as exc:  # a full disk must not stop the feed the nodes depend on
                 self._log.error("relay.capture_write_failed", error=str(exc))
         return rows
+
+    def pause(self) -> None:
+        """Stop making readings on the clock (answers still served); ``tick()`` still works.
+
+        Lets a test hold the feed still, then release exactly one batch of readings.
+        """
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
 
     async def _tick_forever(self) -> None:
         while True:

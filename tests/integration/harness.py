@@ -95,6 +95,26 @@ async def start_network(tmp_path: Path, count: int, relay_port: int | None, **op
     return nodes
 
 
+async def settle(nodes: list[RunningNode], relay: RelayServer, timeout: float = 20.0) -> None:
+    """Freeze the relay, then wait until every node has the same tip.
+
+    Two nodes that mine the same last capture at once end on equal-work tips, and a tie
+    keeps the block each saw first, so with no new readings they would disagree for ever.
+    As on a live network, the next block settles it: one more reading is released.
+    """
+    relay.pause()
+    deadline = time.monotonic() + timeout
+    while True:
+        await asyncio.sleep(0.5)
+        tips = {n.ledger.tip.hash for n in nodes}
+        if len(tips) == 1:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no single tip after {timeout}s: {len(tips)} tips")
+        if len({n.ledger.tip.work for n in nodes}) == 1:
+            relay.tick()
+
+
 def main_chain(running: RunningNode) -> list[bytes]:
     chain = running.ledger.chain
     return [chain.main_at(h).hash for h in range(chain.height + 1)]

@@ -12,7 +12,8 @@ from gridchain.net.gossip import AGENT
 from gridchain.wire import encode_frame
 
 from .harness import (
-    chain_readings, free_port, main_chain, node_config, start_network, start_node, start_relay, wait_until,
+    chain_readings, free_port, main_chain, node_config, settle, start_network, start_node, start_relay,
+    wait_until,
 )
 from .proxy import FaultProxy
 
@@ -34,9 +35,7 @@ async def test_four_nodes_converge_with_one_copy_of_every_reading(tmp_path):
     try:
         await wait_until(lambda: all(len(n.node.gossip.peers) == 3 for n in nodes), 10, what="full mesh")
         await wait_until(lambda: min(n.height for n in nodes) >= 5, 20, what="height 5 everywhere")
-        await relay.close()  # no new readings: the network must settle on one chain
-        relay = None
-        await wait_until(lambda: _same_tip(nodes), 15, what="identical tips")
+        await settle(nodes, relay)  # no new readings: the network must agree on one chain
         readings = chain_readings(nodes[0])
         assert readings, "the chain holds readings"
         assert all(chain_readings(n) == readings for n in nodes[1:])
@@ -52,9 +51,7 @@ async def test_late_node_syncs_whole_chain(tmp_path):
     nodes = await start_network(tmp_path, 2, relay.port, interval_s=0.1)
     try:
         await wait_until(lambda: nodes[0].height >= 15, 30, what="a chain to sync")
-        await relay.close()
-        relay = None
-        await wait_until(lambda: _same_tip(nodes), 10, what="the two agree")
+        await settle(nodes, relay)
         late = await start_node(node_config(tmp_path / "late", free_port(), [nodes[0].config.port]))
         nodes.append(late)
         await wait_until(lambda: _same_tip(nodes), 15, what="late node synced")
@@ -97,10 +94,7 @@ async def test_partition_heals_without_losing_or_duplicating_readings(tmp_path):
         for proxy in proxies:
             proxy.heal()
         await asyncio.sleep(0.5)
-        await relay.close()
-        relay = None
-        await wait_until(lambda: _same_tip(nodes), 30, what="convergence after heal")
-        # Mine whatever the heal displaced: readings left only in losing branches.
+        await settle(nodes, relay, timeout=30)
         final = chain_readings(nodes[0])
         assert len(final) == len(set(final)), "no reading twice on the final chain"
         ever = set()

@@ -49,8 +49,8 @@ def _write(path, data: bytes, mode: int = 0o600) -> None:
     os.chmod(path, mode)
 
 
-@pytest.mark.parametrize("content", [b"", b"not a key at all", b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
-                                     b"x" * 10_000])
+@pytest.mark.parametrize("content", [
+    b"", b"not a key at all", b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n", b"x" * 10_000])
 def test_corrupt_key_file_is_refused(tmp_path, content):
     _write(tmp_path / KEY_FILE, content)
     with pytest.raises(KeyFileError) as caught:
@@ -109,3 +109,9 @@ def test_a_key_written_by_a_racing_process_is_kept(tmp_path, monkeypatch):
     key = NodeKey.load_or_create(tmp_path)
     assert key.public_key == winner.public_key
     assert sorted(p.name for p in tmp_path.iterdir()) == [KEY_FILE]
+
+
+def test_a_key_that_cannot_be_written_is_named(tmp_path):
+    with pytest.raises(KeyFileError) as caught:
+        NodeKey.load_or_create(tmp_path / "no-such-dir")
+    assert caught.value.reason == "cannot-create"

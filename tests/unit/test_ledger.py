@@ -175,11 +175,15 @@ def _chain_of(ledger: Ledger, count: int, relay: Relay) -> list[Block]:
     return blocks
 
 
-def test_add_blocks_commits_a_run_at_once(ledger):
+def test_add_blocks_commits_a_run_at_once(ledger, monkeypatch):
     relay = Relay("relay-1")
     add_line(ledger, 2, relay)
     blocks = _chain_of(ledger, 20, relay)
+    commits = []
+    real_commit = ledger.store.commit
+    monkeypatch.setattr(ledger.store, "commit", lambda *args: commits.append(args) or real_commit(*args))
     batch = ledger.add_blocks(blocks, NOW_MS)
+    assert len(commits) == 1 and len(commits[0][0]) == 20, "one transaction for the whole run"
     assert batch.rejected is None and batch.error is None
     assert [u.result.status for u in batch.updates] == ["extended"] * 20
     assert ledger.height == 22 and ledger.store.tip_hash() == blocks[-1].hash
@@ -416,3 +420,14 @@ def test_audit_of_a_file_that_is_not_a_store(tmp_path):
     assert not report.ok and "database" in report.problems[0][2]
     with pytest.raises(StoreError):
         audit_store(tmp_path / "missing.sqlite3", PARAMS)
+
+
+def test_a_missing_genesis_row_is_damage(forked):
+    path, state = forked
+    db = db_of(path)
+    db.execute("DELETE FROM blocks WHERE height = 0")
+    db.close()
+    with pytest.raises(LedgerDamaged) as caught:
+        Ledger.open(path, PARAMS, NOW_MS)
+    assert caught.value.height == 0 and "genesis" in caught.value.reason
+    assert any("genesis" in p[2] for p in audit_store(path / DB_FILE, PARAMS).problems)

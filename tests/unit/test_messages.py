@@ -135,14 +135,14 @@ def test_every_message_has_a_strategy_and_a_unique_type():
 @pytest.mark.parametrize("cls", ALL_MESSAGES, ids=lambda cls: cls.TYPE)
 def test_messages_are_small_frozen_documented_dataclasses(cls):
     assert dataclasses.is_dataclass(cls) and cls.__doc__
-    instance = through_wire(_first_valid(cls))
+    instance = through_wire(example_of(cls))
     assert not hasattr(instance, "__dict__")  # slots
     for field in dataclasses.fields(cls):
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(instance, field.name, None)
 
 
-def _first_valid(cls):
+def example_of(cls):
     return {
         m.Hello: m.Hello(PROTOCOL_VERSION, "main", H, H, 5004, 0, H, 1, "gridchain/0.1.0", "north"),
         m.Tip: m.Tip(1, H, 3), m.BlockMessage: m.BlockMessage(BLOCK), m.GetBlocks: m.GetBlocks((H,), 500),
@@ -165,10 +165,15 @@ def test_protocol_constants():
     assert MAX_LOCATOR_HASHES <= MAX_LOCATOR == 64
 
 
-def test_ping_frame_bytes_match_the_documented_example():
+def test_worked_examples_in_the_protocol():
+    # The same bytes as the worked examples in docs/protocol.md (peer protocol).
     frame = encode_frame(encode_message(m.Ping(nonce=1)))
-    assert frame == bytes.fromhex("0000000e 92 a470696e67 81 a56e6f6e6365 01".replace(" ", ""))
+    assert frame == bytes.fromhex("0000000e 92 a470696e67 81 a56e6f6e6365 01")
     assert frame[4:] == msgpack.packb(["ping", {"nonce": 1}], use_bin_type=True)
+    tip_frame = encode_frame(encode_message(m.Tip(height=3, tip=bytes(range(32)), work=0x0300)))
+    assert tip_frame == bytes.fromhex("0000003d 92 a3746970 83 a6686569676874 03 a3746970 c420"
+                                      + bytes(range(32)).hex() + " a4776f726b c4020300")
+    assert len(tip_frame) == 65
 
 
 def test_work_travels_as_minimal_big_endian_bytes():
@@ -210,7 +215,7 @@ def tip(**changes) -> list:
 
 
 def hello(**changes) -> list:
-    body = encode_message(_first_valid(m.Hello))[1]
+    body = encode_message(example_of(m.Hello))[1]
     return ["hello", {**body, **changes}]
 
 
@@ -325,7 +330,7 @@ def test_readings_rows_hold_only_finite_floats(value):
 
 
 def test_proof_index_must_name_a_reading_leaf():
-    body = encode_message(_first_valid(m.ProofReply))[1]
+    body = encode_message(example_of(m.ProofReply))[1]
     assert refused(["proof_reply", {**body, "index": 0}]).detail.startswith("index")  # leaf 0 is metadata
     assert refused(["proof_reply", {**body, "index": 2, "size": 2}]).detail.startswith("index")
     assert refused(["proof_reply", {**body, "header": bytes(127)}]).detail.startswith("header")

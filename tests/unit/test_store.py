@@ -154,7 +154,7 @@ def test_readings_pages_cover_everything_once_in_order(store, line):
     assert len(everything) == 36
     keys = [(r[1], r[0]) for r in everything]
     assert keys == sorted(keys)
-    assert everything[0][-1] == 1, "each row ends with its block height"
+    assert everything[0][-2:] == (1, blocks[0].hash), "each row ends with its block height and hash"
     pages, after = [], None
     while True:
         rows, after = store.readings_page(after=after, limit=5)
@@ -262,3 +262,13 @@ def test_close_twice_is_harmless(tmp_path):
     store.close()
     store.close()
     Store.open(tmp_path / DB_FILE, PARAMS.name, GENESIS).close()  # the lock went with the first
+
+
+def test_another_programs_database_is_not_taken_over(tmp_path):
+    other = sqlite3.connect(tmp_path / DB_FILE)
+    other.execute("CREATE TABLE blocks (x)")
+    other.commit()
+    other.close()
+    with pytest.raises(StoreError) as caught:
+        Store.open(tmp_path / DB_FILE, PARAMS.name, GENESIS)
+    assert caught.value.reason == "not-a-store"
