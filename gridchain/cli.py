@@ -67,6 +67,8 @@ def node_main(argv: Sequence[str] | None = None) -> None:
         fail("gridchaind", f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
     except asyncio.CancelledError:
         fail("gridchaind", "stopped before shutdown finished (second signal)")
+    except KeyboardInterrupt:  # Ctrl-C before the signal handlers were in place
+        raise SystemExit(130) from None
 
 
 def relay_main(argv: Sequence[str] | None = None) -> None:
@@ -88,6 +90,8 @@ def relay_main(argv: Sequence[str] | None = None) -> None:
         fail("gridchain-relay", str(exc), 2)
     except asyncio.CancelledError:
         fail("gridchain-relay", "stopped before shutdown finished (second signal)")
+    except KeyboardInterrupt:  # Ctrl-C before the signal handlers were in place
+        raise SystemExit(130) from None
 
 
 def client_main(argv: Sequence[str] | None = None) -> None:

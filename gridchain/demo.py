@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import shutil
 import signal
 import socket
@@ -124,7 +125,7 @@ async def _run(args: argparse.Namespace, ports: list[int], data_dir: Path, stop:
         if not await _wait_until_up(nodes, children, stop):
             result[0] = 1
             return
-        await _live_view(args, nodes, stop)
+        await _live_view(args, nodes, data_dir, stop)
     finally:
         await _stop_all(children)
         print("demo: stopped " + ", ".join(f"{c.name} ({_exit_text(c.proc.returncode)})" for c in children),
@@ -138,8 +139,13 @@ async def _spawn(name: str, argv: list[str], data_dir: Path, address: Address) -
         # them itself, in order, and makes sure they are gone.
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gridchain", *argv, stdin=asyncio.subprocess.DEVNULL,
-            stdout=log_file, stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+            stdout=log_file, stderr=asyncio.subprocess.STDOUT, start_new_session=True, env=_child_env())
     return Child(name, proc, log_path, address)
+
+
+def _child_env() -> dict[str, str]:
+    # The demo's flags say everything; a GRIDCHAIN_* setting meant for a real node must not leak in.
+    return {key: value for key, value in os.environ.items() if not key.startswith("GRIDCHAIN_")}
 
 
 async def _wait_until_up(nodes: list[Child], children: list[Child], stop: asyncio.Event) -> bool:
@@ -183,7 +189,7 @@ async def _newest_block(address: Address, height: int):
         return None
 
 
-async def _live_view(args: argparse.Namespace, nodes: list[Child], stop: asyncio.Event) -> None:
+async def _live_view(args: argparse.Namespace, nodes: list[Child], data_dir: Path, stop: asyncio.Event) -> None:
     tty = sys.stdout.isatty()
     started = time.monotonic()
     ends = started + args.duration if args.duration is not None else None
@@ -193,7 +199,7 @@ async def _live_view(args: argparse.Namespace, nodes: list[Child], stop: asyncio
         block = await _newest_block(best[1].address, best[0]) if best and best[0] > 0 else None
         rows = [(c, c.proc.returncode, info) for c, info in zip(nodes, infos)]
         if tty:
-            sys.stdout.write(CLEAR_SCREEN + render_screen(args, rows, block, time.monotonic() - started))
+            sys.stdout.write(CLEAR_SCREEN + render_screen(args, rows, block, time.monotonic() - started, data_dir))
         else:
             sys.stdout.write(render_lines(rows, block, time.monotonic() - started))
         sys.stdout.flush()
@@ -266,11 +272,11 @@ def _agreement(rows: list[tuple[Child, int | None, dict | None]]) -> str:
 
 
 def render_screen(args: argparse.Namespace, rows: list[tuple[Child, int | None, dict | None]], block,
-                  elapsed: float) -> str:
+                  elapsed: float, data_dir: Path) -> str:
     """The full-screen view: one row per node, then the newest block."""
     out = [f"gridchain demo: relay on 127.0.0.1:{args.relay_port}, {len(rows)} nodes, "
            f"capture every {args.capture_interval:g} s, difficulty {args.difficulty} bits  ({elapsed:.0f} s)",
-           "Ctrl-C stops everything", "",
+           f"data and logs in {data_dir}; Ctrl-C stops everything", "",
            f"{'NODE':<11} {'PORT':>5} {'HEIGHT':>7}  {'TIP':<12}  {'PEERS':>5}  {'MINING':<7} RELAY"]
     for child, code, info in rows:
         if info is None:

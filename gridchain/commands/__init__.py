@@ -72,7 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gridchain: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
     except RequestFailed as exc:
-        print(f"gridchain: {args.node} refused the {args.command} request: {exc}", file=sys.stderr)
+        if exc.reason == "bad-reply":
+            print(f"gridchain: {args.node} did not answer as a gridchain node ({exc.detail})", file=sys.stderr)
+        else:
+            print(f"gridchain: {args.node} could not answer {args.command}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         # Ctrl-C is how `tail` (and the demo) are meant to end.

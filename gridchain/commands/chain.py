@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import signal
 import sys
 import time
 
@@ -161,22 +163,38 @@ def print_block(block: Block, height: int, main: bool, out) -> None:
 
 
 async def tail_command(args: argparse.Namespace) -> int:
+    # Explicit handlers, so Ctrl-C and SIGTERM end the feed cleanly even where a shell
+    # started us with SIGINT ignored (a background job).
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
     async with NodeClient(args.node, args.timeout) as node:
         info = await node.status()
         if not args.json:
             print(f"following {info.get('name', args.node)} ({args.node}) at height {info.get('height')}; "
                   "Ctrl-C stops", file=sys.stderr)
-        writer = None if args.json else StreamTable((*BLOCK_COLUMNS, Column("", 0, lambda r: r["note"])), sys.stdout)
-        last_height = info.get("height", -1)
-        async for event in node.subscribe():
-            row = {"height": event.height, "hash": event.hash, "miner_name": event.miner_name,
-                   "relay_id": event.relay_id, "readings": event.readings, "newest_ms": event.newest_ms,
-                   "time_ms": event.time_ms, "received_ms": int(time.time() * 1000)}
-            row["note"] = "reorg" if event.height <= last_height else ""
-            last_height = event.height
-            if writer is None:
-                print(dumps(row), flush=True)
-            else:
-                writer.rows([row])
-                sys.stdout.flush()
+        follow = asyncio.create_task(_follow(node, info.get("height", -1), args.json))
+        stopped = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({follow, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (follow, stopped):
+            task.cancel()
+        if follow in done:
+            follow.result()  # the feed ended: the node went away
     return 0
+
+
+async def _follow(node: NodeClient, last_height: int, as_json: bool) -> None:
+    writer = None if as_json else StreamTable((*BLOCK_COLUMNS, Column("", 0, lambda r: r["note"])), sys.stdout)
+    async for event in node.subscribe():
+        row = {"height": event.height, "hash": event.hash, "miner_name": event.miner_name,
+               "relay_id": event.relay_id, "readings": event.readings, "newest_ms": event.newest_ms,
+               "time_ms": event.time_ms, "received_ms": int(time.time() * 1000)}
+        # Events after a reorg start again below the old tip.
+        row["note"] = "reorg" if event.height <= last_height else ""
+        last_height = event.height
+        if writer is None:
+            print(dumps(row), flush=True)
+        else:
+            writer.rows([row])
+            sys.stdout.flush()
