@@ -21,6 +21,7 @@ from .consensus.rules import RuleViolation
 from .consensus.template import block_template, seal
 from .miner import Miner
 from .relay.client import RelayClient, RelayError
+from .store import StoreError
 
 log = structlog.get_logger()
 
@@ -196,6 +197,10 @@ class CaptureTask:
             except RuleViolation as exc:
                 self.log.error("block.rejected", reason=exc.reason, detail=exc.detail,
                                hash=short_hash(block.hash), own=True)
+                return None
+            except StoreError as exc:
+                # The readings stay with the relay (and in pending): the next round retries.
+                self.log.error("store.error", reason=exc.reason, detail=str(exc), hash=short_hash(block.hash))
                 return None
             self.pending.pop(capture.relay_id, None)
             return block

@@ -151,3 +151,19 @@ async def test_peer_sending_invalid_block_is_banned_while_others_carry_on(tmp_pa
         await _stop_all(nodes, relay)
 
 
+
+
+async def test_min_peers_holds_mining_until_enough_peers_are_connected(tmp_path):
+    relay = await start_relay(interval_s=0.1)
+    ports = [free_port(), free_port()]
+    waiting = await start_node(node_config(tmp_path / "w", ports[0], [ports[1]], [relay.port],
+                                           interval_s=0.1, min_peers=1, redial_max_s=0.3))
+    nodes = [waiting]
+    try:
+        await asyncio.sleep(1.0)
+        assert waiting.height == 0, "no mining without the required peer"
+        nodes.append(await start_node(node_config(tmp_path / "p", ports[1], [ports[0]], [], interval_s=0.1)))
+        await wait_until(lambda: waiting.height >= 2, 15, what="mining once the peer is connected")
+        await wait_until(lambda: nodes[1].height >= 2, 15, what="the peer receives the blocks")
+    finally:
+        await _stop_all(nodes, relay)
