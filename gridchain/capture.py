@@ -20,13 +20,14 @@ from .consensus.block import MAX_READINGS_PER_BLOCK, Block, Capture, Reading, sh
 from .consensus.rules import RuleViolation
 from .consensus.template import block_template, seal
 from .miner import Miner
-from .relay.client import RelayClient, RelayError
+from .relay.client import BACKOFF, RelayClient, RelayError
 from .store import StoreError
 
 log = structlog.get_logger()
 
 # RelayError reasons that mean "cannot reach the relay" rather than "the relay sent bad data".
-UNREACHABLE_REASONS = frozenset({"unreachable", "timeout", "closed", "backoff"})
+# ("backoff" is neither: the client did not try, so the state of the last real try stands.)
+UNREACHABLE_REASONS = frozenset({"unreachable", "timeout", "closed"})
 # Rebuilds of one capture after better tips before giving up until the next interval.
 MAX_REBUILDS = 50
 
@@ -80,6 +81,8 @@ class RelayWatch:
         return capture
 
     def _failed(self, exc: RelayError) -> None:
+        if exc.reason == BACKOFF:
+            return  # a relay that sent bad data is not "unreachable" while we wait to retry it
         self.last_error = f"{exc.reason}: {exc}"
         if exc.reason in UNREACHABLE_REASONS:
             if self.state != "unreachable":

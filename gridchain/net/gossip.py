@@ -20,7 +20,7 @@ from ..config import Address
 from ..consensus.block import Block, short_hash
 from ..wire import MAX_FRAME_BYTES, FrameDecoder, FrameError, encode_frame
 from .messages import (
-    CLIENT_REQUESTS, MAX_BLOCKS_PER_MESSAGE, PROTOCOL_VERSION, BlockMessage, Blocks, GetBlocks,
+    CLIENT_REQUESTS, MAX_BLOCKS_PER_MESSAGE, MAX_LOCATOR, PROTOCOL_VERSION, BlockMessage, Blocks, GetBlocks,
     Hello, Ping, Pong, Reject, Tip, encode_message,
 )
 from .peer import HANDSHAKE_TIMEOUT_S, READ_CHUNK, Peer, ProtocolViolation
@@ -43,6 +43,11 @@ MAX_EMPTY_SYNC_ANSWERS = 3
 # Tip announcements beyond this rate per peer are dropped unprocessed (a flood is cheap to ignore).
 TIP_RATE_PER_S = 20.0
 TIP_BURST = 40
+# Bans held at once (oldest forgotten first): node keys cost nothing to make, so a peer
+# coming back under ever new keys could otherwise grow the ban list without end.
+MAX_BANS = 10_000
+# Connections that end this way say nothing about the peer, so they are not logged.
+QUIET_CLOSE_REASONS = frozenset({"closed", "peer-closed", "connection-lost", "shutdown"})
 CLIENT_TYPES = frozenset(cls.TYPE for cls in CLIENT_REQUESTS)
 
 
@@ -75,6 +80,7 @@ ClientHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, FrameDecod
 class _TipBucket:
     tokens: float = TIP_BURST
     at: float = field(default_factory=time.monotonic)
+    warned: bool = False  # the first dropped announcement is logged, the rest are not
 
     def take(self, now: float) -> bool:
         self.tokens = min(TIP_BURST, self.tokens + (now - self.at) * TIP_RATE_PER_S)
@@ -108,7 +114,9 @@ class Gossip:
         self.banned: dict[str, float] = {}  # node key hex or listen address -> monotonic expiry
         self.sync_peer: Peer | None = None
         self.sync_deadline = 0.0
+        self._sync_after: tuple[int, bytes] | None = None  # (height, hash) of the last block the sync peer sent
         self._empty_answers: dict[bytes, int] = {}
+        self._inbound_handshaking = 0  # accepted sockets that have not sent a whole frame yet
         self._tip_buckets: dict[int, _TipBucket] = {}
         self._server: asyncio.Server | None = None
         self._peer_changed = asyncio.Event()
@@ -152,30 +160,37 @@ class Gossip:
     def ban(self, peer: Peer, reason: str) -> None:
         # Peers are banned by identity and listen address, not by IP: on one host or behind
         # one NAT, an IP ban would cut honest nodes off along with the offender.
+        for key in list(self.banned)[:max(0, len(self.banned) + 2 - MAX_BANS)]:
+            del self.banned[key]
         expiry = time.monotonic() + self.ban_seconds
         self.banned[peer.listen_address] = expiry
         if peer.node_key:
             self.banned[peer.node_key.hex()] = expiry
         self.log.warning("peer.banned", peer=peer.listen_address, node_key=peer.node_key.hex()[:16],
-                    reason=reason, seconds=self.ban_seconds)
+                         reason=reason, detail=peer.close_detail, seconds=self.ban_seconds)
 
     # --- connections -----------------------------------------------------------------------
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         host, port = writer.get_extra_info("peername")[:2]
         address = f"{host}:{port}"
-        inbound = sum(1 for p in self.connections if p.inbound)
+        # Sockets still waiting for their first frame count too: otherwise any number of
+        # silent connections could each hold a socket and a task for the handshake timeout.
+        inbound = sum(1 for p in self.connections if p.inbound) + self._inbound_handshaking
         if inbound >= self.max_inbound:
             self.log.info("peer.refused", peer=address, reason="too-many-inbound")
             writer.transport.abort()
             return
         decoder = FrameDecoder(self.max_frame)
+        self._inbound_handshaking += 1
         try:
             first = await self._first_frames(reader, decoder)
         except (TimeoutError, FrameError, ConnectionError) as exc:
             reason = getattr(exc, "reason", None) or ("handshake-timeout" if isinstance(exc, TimeoutError) else "closed")
-            self.log.info("peer.refused", peer=address, reason=reason)
+            self.log.info("peer.refused", peer=address, reason=reason, detail=str(exc))
             writer.transport.abort()
             return
+        finally:
+            self._inbound_handshaking -= 1
         if not first:
             writer.transport.abort()
             return
@@ -282,12 +297,19 @@ class Gossip:
         self._maybe_sync(peer)
 
     async def on_peer_closed(self, peer: Peer, reason: str, ban: bool) -> None:
-        if ban:
-            self.ban(peer, reason)
-        if peer.hello is not None and self.peers.get(peer.node_key) is peer:
+        # One event per connection that ends for a reason: banned, disconnected or refused.
+        # A peer that never said hello has no identity worth a ban entry (its address is an
+        # ephemeral port), so it is only refused.
+        ready = peer.hello is not None and self.peers.get(peer.node_key) is peer
+        if ready:
             del self.peers[peer.node_key]
             self._peer_changed.set()
-            self.log.info("peer.disconnected", peer=peer.listen_address, reason=reason)
+        if ban and peer.hello is not None:
+            self.ban(peer, reason)
+        elif ready:
+            self.log.info("peer.disconnected", peer=peer.listen_address, reason=reason, detail=peer.close_detail)
+        elif reason not in QUIET_CLOSE_REASONS:
+            self.log.info("peer.refused", peer=peer.listen_address, reason=reason, detail=peer.close_detail)
         self._tip_buckets.pop(id(peer), None)
         if self.sync_peer is peer:
             self.sync_peer = None
@@ -306,6 +328,10 @@ class Gossip:
     async def on_tip(self, peer: Peer, message: Tip) -> None:
         bucket = self._tip_buckets.setdefault(id(peer), _TipBucket())
         if not bucket.take(time.monotonic()):
+            if not bucket.warned:
+                bucket.warned = True
+                self.log.warning("peer.rate_limited", peer=peer.listen_address, reason="tip-flood",
+                                 rate_per_s=TIP_RATE_PER_S, burst=TIP_BURST)
             return
         peer.height, peer.tip, peer.work = message.height, message.tip, message.work
         self._maybe_sync(peer)
@@ -320,6 +346,10 @@ class Gossip:
         for accepted in result.accepted:
             self.broadcast_block(accepted, source=peer)
         if result.missing_parent:
+            # Not an offence: a peer ahead of us sends such blocks. It is held aside and we
+            # ask the peer for the blocks between; failing to deliver them is what gets it banned.
+            self.log.info("block.orphaned", peer=peer.listen_address, reason="unknown-parent",
+                          height=block.height, hash=short_hash(block.hash))
             self._request_sync(peer)
 
     async def on_get_blocks(self, peer: Peer, message: GetBlocks) -> None:
@@ -336,21 +366,36 @@ class Gossip:
         blocks = [b for b in message.blocks if not self.chain.has_block(b.hash)]
         for block in message.blocks:
             peer.known.add(block.hash)
+        # Blocks we already hold (a side branch) still move the sync on, as long as each
+        # answer ends further up the peer's chain than the one before.
+        last = message.blocks[-1] if message.blocks else None
+        advanced = last is not None and (self._sync_after is None or last.height > self._sync_after[0])
+        if advanced:
+            self._sync_after = (last.height, last.hash)
         if blocks:
             result = await self.chain.receive_blocks(blocks, peer.listen_address, via_sync=True)
             self._judge(peer, result)
-            self._empty_answers.pop(peer.node_key, None)
+            if not result.accepted and not result.missing_parent:
+                # Valid, yet none taken: our store refused them (disk full or read-only).
+                # Asking again at once would spin; the peer's next tip or block resumes.
+                self.sync_peer = None
+                return
             self.announce_tip()
-        elif not message.more:
+        if blocks or advanced:
+            self._empty_answers.pop(peer.node_key, None)
+        else:
+            # "More" promised but nothing new sent, or more work claimed but no blocks: a
+            # peer doing either again and again would keep us asking for ever.
             count = self._empty_answers.get(peer.node_key, 0) + 1
             self._empty_answers[peer.node_key] = count
-            if count >= MAX_EMPTY_SYNC_ANSWERS and peer.work > self.chain.tip_info()[2]:
-                raise ProtocolViolation("empty-sync", "claims more work but sends no blocks")
+            if count >= MAX_EMPTY_SYNC_ANSWERS and (message.more or peer.work > self.chain.tip_info()[2]):
+                raise ProtocolViolation("empty-sync", "claims more blocks but sends none we lack")
         height, _, work = self.chain.tip_info()
         if message.more or (blocks and peer.work > work):
             self._send_get_blocks(peer)
         else:
             self.sync_peer = None
+            self._sync_after = None
             self.log.info("sync.done", peer=peer.listen_address, height=height)
             self._sync_from_best()
 
@@ -367,12 +412,21 @@ class Gossip:
     def _request_sync(self, peer: Peer) -> None:
         if self.sync_peer is not None and self.sync_peer is not peer:
             return
+        if self.sync_peer is None:
+            self._sync_after = None
         self.sync_peer = peer
         self._send_get_blocks(peer)
 
     def _send_get_blocks(self, peer: Peer) -> None:
         self.sync_deadline = time.monotonic() + SYNC_TIMEOUT_S
-        peer.send(GetBlocks(locator=tuple(self.chain.locator()), limit=MAX_BLOCKS_PER_MESSAGE))
+        locator = self.chain.locator()
+        if self._sync_after is not None and self._sync_after[1] != locator[0]:
+            # Go on from the last block the peer sent: when it is on a side branch of ours,
+            # our own locator would have the peer send the same blocks over and over.
+            locator = [self._sync_after[1], *locator]
+            if len(locator) > MAX_LOCATOR:
+                locator = [*locator[:MAX_LOCATOR - 1], locator[-1]]  # keep genesis last
+        peer.send(GetBlocks(locator=tuple(locator), limit=MAX_BLOCKS_PER_MESSAGE))
 
     def _sync_from_best(self) -> None:
         work = self.chain.tip_info()[2]
@@ -387,7 +441,7 @@ class Gossip:
             if peer is not None and time.monotonic() > self.sync_deadline:
                 self.log.warning("sync.stalled", peer=peer.listen_address, seconds=SYNC_TIMEOUT_S)
                 self.sync_peer = None
-                peer.close("sync-timeout", ban=True)
+                peer.close("sync-timeout", ban=True, detail=f"no blocks answer within {SYNC_TIMEOUT_S}s")
 
     # --- outgoing gossip ---------------------------------------------------------------------
     def broadcast_block(self, block: Block, source: Peer | None = None) -> int:

@@ -2,7 +2,9 @@
 
 A Peer only moves bytes and messages. What a message means is decided by its handler
 (gossip.py), whose ``on_<type>`` method is called for every message after the handshake.
-A handler raises ProtocolViolation to have the peer disconnected and banned.
+A handler raises ProtocolViolation to have the peer disconnected and banned. The Peer logs
+nothing about why a connection ended: it hands the reason and detail to the handler's
+``on_peer_closed``, which reports each closed connection once.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ PING_INTERVAL_S = 15.0
 IDLE_TIMEOUT_S = 45.0
 # Frames queued for a peer; a peer this far behind is dropped rather than buffered for.
 SEND_QUEUE_FRAMES = 2048
+# Bytes queued for a peer: four full frames. A peer that asks for blocks but never reads
+# would otherwise have up to SEND_QUEUE_FRAMES 3 MiB answers (gigabytes) held for it.
+SEND_QUEUE_BYTES = 16 * 1024 * 1024
 # A peer whose socket accepts nothing for this long cannot keep up and is dropped.
 SEND_STALL_S = 10.0
 # Remembered block hashes per peer, so a block crosses each link at most once.
@@ -94,9 +99,11 @@ class Peer:
         self.known = KnownSet(KNOWN_BLOCKS_PER_PEER)
         self.connected_at = time.monotonic()
         self.close_reason = ""
+        self.close_detail = ""
         self._decoder = decoder or FrameDecoder(max_frame)
         self._pending = list(first_frames or [])
         self._queue: asyncio.Queue[bytes | _Close] = asyncio.Queue(SEND_QUEUE_FRAMES)
+        self._queued_bytes = 0
         self._last_frame_at = time.monotonic()
         self._closing = False
         self._ban = False
@@ -121,17 +128,28 @@ class Peer:
         """Queue an encoded frame; a peer whose queue is full is dropped, never waited for."""
         if self._closing:
             return
+        if self._queued_bytes + len(frame) > SEND_QUEUE_BYTES:
+            # Not worth flushing megabytes to a peer that does not read: drop them and hang up.
+            while not self._queue.empty():
+                self._queue.get_nowait()
+            self._queued_bytes = 0
+            self.close("send-queue-full", ban=False)
+            self.writer.transport.abort()
+            return
         try:
             self._queue.put_nowait(frame)
         except asyncio.QueueFull:
             self.close("send-queue-full", ban=False)
+            return
+        self._queued_bytes += len(frame)
 
-    def close(self, reason: str, ban: bool = False) -> None:
+    def close(self, reason: str, ban: bool = False, detail: str = "") -> None:
         """Stop the connection: queued frames are flushed (bounded), then the socket closes."""
         if self._closing:
             return
         self._closing = True
         self.close_reason = reason
+        self.close_detail = detail
         self._ban = ban
         with contextlib.suppress(asyncio.QueueFull):
             self._queue.put_nowait(_Close())
@@ -173,8 +191,8 @@ class Peer:
     def _reject_and_close(self, exc: ProtocolViolation) -> None:
         if not self._closing:
             self.send(Reject(code=exc.reason, detail=exc.detail[:200]))
-        self.log.info("peer.protocol_violation", reason=exc.reason, detail=exc.detail)
-        self.close(exc.reason, ban=exc.ban)
+        # Not logged here: on_peer_closed reports the reason once, with the ban if there is one.
+        self.close(exc.reason, ban=exc.ban, detail=exc.detail)
 
     async def _handshake(self) -> None:
         if not self.inbound:
@@ -209,18 +227,24 @@ class Peer:
     async def _next_message(self) -> Any:
         """The next decoded message, or None at a clean end of stream."""
         while not self._pending:
+            # Counted from the last whole frame, not the last byte: a peer dripping one frame
+            # a byte at a time cannot hold the connection (and its buffer) open for ever.
+            left = IDLE_TIMEOUT_S - (time.monotonic() - self._last_frame_at)
             try:
-                async with asyncio.timeout(IDLE_TIMEOUT_S):
+                async with asyncio.timeout(max(left, 0.0)):
                     data = await self.reader.read(READ_CHUNK)
             except TimeoutError:
-                raise ProtocolViolation("idle-timeout", f"silent for {IDLE_TIMEOUT_S}s", ban=False) from None
+                raise ProtocolViolation("idle-timeout", f"no whole frame for {IDLE_TIMEOUT_S}s",
+                                        ban=False) from None
             if not data:
                 return None
             try:
-                self._pending.extend(self._decoder.feed(data))
+                frames = self._decoder.feed(data)
             except FrameError as exc:
                 raise ProtocolViolation(exc.reason, str(exc)) from None
-        self._last_frame_at = time.monotonic()
+            if frames:
+                self._last_frame_at = time.monotonic()
+                self._pending.extend(frames)
         raw = self._pending.pop(0)
         try:
             return decode_message(raw)
@@ -240,6 +264,7 @@ class Peer:
             item = await self._queue.get()
             if isinstance(item, _Close):
                 break
+            self._queued_bytes -= len(item)
             self.writer.write(item)
             if self.writer.transport.get_write_buffer_size() > 0:
                 try:
