@@ -8,16 +8,17 @@ fails, the block is unlinked again and the StoreError propagates.
 Opening rebuilds the chain from the store's block index (headers and a few payload facts,
 no payload decoding) and then re-checks the newest main-chain blocks in full. Damage found
 either way raises ``LedgerDamaged`` naming the block and the reason: a node must stop
-rather than serve a chain it cannot vouch for. ``audit_store`` (every block, every
-reading row, the main table; for `gridchain verify`) lives at the end of this module.
+rather than serve a chain it cannot vouch for. The full audit of a store (every block,
+every reading row, the main table; for `gridchain verify`) is gridchain.audit.
 """
 
 from __future__ import annotations
 
-import contextlib
+import os
 import sqlite3
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,11 +28,16 @@ from .consensus.chain import AddResult, Chain, ChainEntry, OrphanPool, displaced
 from .consensus.genesis import make_genesis
 from .consensus.params import NetworkParams
 from .consensus.rules import RuleViolation
-from .store import DB_FILE, SCHEMA_VERSION, MainChange, Store, StoreError, reading_rows, store_error
+from .store import DB_FILE, MainChange, Store, StoreError, reading_rows, store_error
 
 # Main-chain blocks re-checked in full on every open: enough to catch a torn or edited
 # recent write, cheap enough (~10 ms) to run on every start. `gridchain verify` checks all.
 RECHECK_BLOCKS = 100
+# A sync batch's context-free checks run in threads ahead of linking: the Ed25519 verify,
+# most of a block's cost, releases the GIL, so the checks overlap on every core there is.
+CHECK_THREADS = min(4, os.cpu_count() or 1)
+CHECK_CHUNK = 32  # blocks per thread task: a future per block would cost a third of a check
+MIN_THREADED_BATCH = 16  # smaller runs are checked inline: the hand-off would cost more than it saves
 
 
 class LedgerDamaged(Exception):
@@ -71,6 +77,7 @@ class Ledger:
         self.chain = chain
         self.params = params
         self.orphans = OrphanPool()
+        self._check_pool: ThreadPoolExecutor | None = None  # made on the first large batch
 
     @classmethod
     def open(cls, data_dir: Path, params: NetworkParams, now_ms: int | None = None,
@@ -94,6 +101,8 @@ class Ledger:
         return cls(store, chain, params)
 
     def close(self) -> None:
+        if self._check_pool is not None:
+            self._check_pool.shutdown(cancel_futures=True)
         self.store.close()
 
     # --- reading -------------------------------------------------------------------------------
@@ -147,16 +156,22 @@ class Ledger:
         committed, that block is returned as ``rejected`` with its ``error`` (an
         "unknown-parent" one is worth pooling as an orphan). Raises StoreError if the
         commit fails, with none of the run kept.
+
+        A long run's context-free checks run ahead in threads (see ``BatchChecks``); each
+        block is still linked in order, and one that did not pass them is checked again
+        inline, so the reason and the kept prefix are what checking one by one gives.
         """
         results: list[AddResult] = []
         updates: list[LedgerUpdate] = []
         pending: dict[bytes, Block] = {}
         changes: list[MainChange] = []
         rejected, error = None, None
+        checks = self._batch_checks(blocks, now_ms)
         try:
-            for block in blocks:
+            for index, block in enumerate(blocks):
+                prechecked = checks is not None and checks.passed(index)
                 try:
-                    result = self.chain.add(block, now_ms)
+                    result = self.chain.add(block, now_ms, prechecked=prechecked)
                 except RuleViolation as exc:
                     rejected, error = block, exc
                     break
@@ -173,8 +188,18 @@ class Ledger:
             for result in reversed(results):
                 self.chain.undo(result)
             raise
+        finally:
+            if checks is not None:
+                checks.cancel()  # after a refused block, the checks of the rest are not needed
         updates += self._connect_orphans(list(pending), now_ms)
         return BatchResult(updates, rejected, error)
+
+    def _batch_checks(self, blocks: Sequence[Block], now_ms: int) -> BatchChecks | None:
+        if len(blocks) < MIN_THREADED_BATCH or CHECK_THREADS < 2:
+            return None
+        if self._check_pool is None:
+            self._check_pool = ThreadPoolExecutor(CHECK_THREADS, thread_name_prefix="gridchain-check")
+        return BatchChecks(self._check_pool, blocks, self.chain.params, now_ms)
 
     def _connect_orphans(self, parents: Iterable[bytes], now_ms: int) -> list[LedgerUpdate]:
         updates: list[LedgerUpdate] = []
@@ -211,6 +236,48 @@ class Ledger:
             return []
         return displaced_readings([self._block(e, pending) for e in result.disconnected],
                                   [self._block(e, pending) for e in result.connected])
+
+
+class BatchChecks:
+    """``check_block`` of a run of blocks, started in a thread pool: which blocks passed it.
+
+    Blocks go to the pool in chunks, in order, so the first chunks are done while the
+    ledger links them and the later ones are still being checked. A block that failed, for
+    whatever reason, is just "not passed": ``Chain.add`` then runs the same checks inline
+    and raises what they raise, in the run's order.
+    """
+
+    def __init__(self, pool: ThreadPoolExecutor, blocks: Sequence[Block], params: NetworkParams,
+                 now_ms: int) -> None:
+        self._futures: list[Future[list[bool]]] = [
+            pool.submit(_passes_check_block, blocks[start:start + CHECK_CHUNK], params, now_ms)
+            for start in range(0, len(blocks), CHECK_CHUNK)]
+        self._chunk = -1
+        self._passed: list[bool] = []
+
+    def passed(self, index: int) -> bool:
+        """Whether block ``index`` of the run passed; waits for its chunk."""
+        chunk = index // CHECK_CHUNK
+        if chunk != self._chunk:
+            self._chunk, self._passed = chunk, self._futures[chunk].result()
+        return self._passed[index % CHECK_CHUNK]
+
+    def cancel(self) -> None:
+        """Drop the chunks no thread has started (the ones running finish and are ignored)."""
+        for future in self._futures:
+            future.cancel()
+
+
+def _passes_check_block(blocks: Sequence[Block], params: NetworkParams, now_ms: int) -> list[bool]:
+    passed = []
+    for block in blocks:
+        try:
+            rules.check_block(block, params, now_ms)
+        except Exception:  # noqa: BLE001 - whatever it was, Chain.add meets it again inline
+            passed.append(False)
+        else:
+            passed.append(True)
+    return passed
 
 
 # --- opening: rebuild and re-check ------------------------------------------------------------
@@ -258,7 +325,7 @@ def _recheck(store: Store, chain: Chain, entry: ChainEntry, params: NetworkParam
         return f"stored block does not decode ({exc})"
     if block.hash != entry.hash:
         return "stored block does not hash to its key"
-    if (entry.relay_id, entry.newest_ms, entry.openings) != _index_facts(block):
+    if (entry.relay_id, entry.newest_ms, entry.openings) != index_facts(block):
         return "index relay/newest/openings columns differ from the payload"
     try:
         rules.check_block(block, params, block.header.time_ms)  # the clock rule as applied on arrival
@@ -285,7 +352,8 @@ def check_readings_rows(db: sqlite3.Connection, height: int, block: Block | None
     return None
 
 
-def _index_facts(block: Block) -> tuple[str, int | None, int]:
+def index_facts(block: Block) -> tuple[str, int | None, int]:
+    """The payload facts the block index keeps beside each header: relay, newest reading, openings."""
     c = block.capture
     return c.relay_id, c.newest_ms, c.openings
 
@@ -297,191 +365,10 @@ def _height_of(header_bytes: bytes) -> int:
         return -1
 
 
-# --- auditing a whole store ---------------------------------------------------------------------
-# Problems listed in one report; past this the count goes on but the list stops growing.
-MAX_PROBLEMS = 1000
-PROGRESS_EVERY = 1000  # blocks between progress callbacks
-
-
-@dataclass(frozen=True, slots=True)
-class AuditReport:
-    """The verdict on a whole store: ``problems`` are (height, block hash hex, reason).
-
-    ``omitted`` counts problems left out of the list: past MAX_PROBLEMS, and blocks that
-    descend from a block that is missing (the first missing link is listed).
-    """
-
-    ok: bool
-    checked: int
-    problems: list[tuple[int, str, str]]
-    omitted: int = 0
-
-
-def audit_store(path: Path, params: NetworkParams,
-                progress: Callable[[int, int], None] | None = None) -> AuditReport:
-    """Check every block, every main-chain reading row and the main table of the store at ``path``.
-
-    Opens its own read-only connection and reads one snapshot, so it may run in a thread
-    while the node keeps writing. ``progress(checked, total)`` is called now and then.
-    Raises StoreError only when the file cannot be opened at all.
-    """
-    try:
-        db = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
-    except sqlite3.Error as exc:
-        raise store_error(exc, f"opening {path} to audit it") from None
-    audit = _Audit(db, params, progress)
-    try:
-        db.execute("BEGIN")  # one consistent snapshot, whatever the node commits meanwhile
-        audit.run()
-    except sqlite3.DatabaseError as exc:
-        audit.note(-1, b"", f"database unreadable: {exc}")
-    finally:
-        db.close()
-    return AuditReport(not audit.problems and not audit.omitted, audit.checked, audit.problems, audit.omitted)
-
-
-class _Audit:
-    def __init__(self, db: sqlite3.Connection, params: NetworkParams,
-                 progress: Callable[[int, int], None] | None) -> None:
-        self.db = db
-        self.params = params
-        self.progress = progress
-        self.genesis = make_genesis(params.name, params.bits)
-        self.chain = Chain(self.genesis, params)
-        self.problems: list[tuple[int, str, str]] = []
-        self.omitted = 0
-        self.checked = 0
-        self.lost: set[bytes] = set()  # blocks that could not be placed in the tree
-        self.saw_genesis = False
-
-    def note(self, height: int, block_hash: bytes, reason: str) -> None:
-        if len(self.problems) < MAX_PROBLEMS:
-            self.problems.append((height, block_hash.hex(), reason))
-        else:
-            self.omitted += 1
-
-    def run(self) -> None:
-        meta = dict(self.db.execute("SELECT key, value FROM meta"))
-        expected = {"schema_version": SCHEMA_VERSION, "network": self.params.name, "genesis": self.genesis.hash}
-        for key, value in expected.items():
-            if meta.get(key) != value:
-                self.note(0, self.genesis.hash, f"meta {key} is {meta.get(key)!r}, expected {value!r}")
-                return
-        main = dict(self.db.execute("SELECT height, hash FROM main"))
-        total = self.db.execute("SELECT count(*) FROM blocks").fetchone()[0]
-        rows = self.db.execute("SELECT hash, height, prev_hash, header, relay_id, newest_ms, openings, "
-                               "n_readings, raw FROM blocks ORDER BY seq")
-        for row in rows:
-            self._check_row(row, main)
-            self.checked += 1
-            if self.progress is not None and self.checked % PROGRESS_EVERY == 0:
-                self.progress(self.checked, total)
-        if not self.saw_genesis:
-            self.note(0, self.genesis.hash, "the genesis row is missing")
-        self._check_main(meta.get("tip"), main)
-        if self.progress is not None:
-            self.progress(self.checked, total)
-
-    def _check_row(self, row: tuple, main: dict[int, bytes]) -> None:
-        block_hash, height, prev_hash, header_bytes, *_ = row
-        if block_hash == self.genesis.hash:
-            self.saw_genesis = True
-            if row[8] != self.genesis.encode() or header_bytes != self.genesis.header.to_bytes() or height != 0:
-                self.note(height, block_hash, "genesis row differs from this network's genesis")
-            return
-        if prev_hash in self.lost:
-            self.lost.add(block_hash)
-            self.omitted += 1
-            return
-        block = None
-        try:
-            block = Block.decode(row[8])
-        except BlockDecodeError as exc:
-            reason = f"stored block does not decode ({exc})"
-        else:
-            reason = _row_reason(block, row)
-            if reason is None and self.chain.get(block.prev_hash) is None:
-                reason = "parent missing"
-            elif reason is None:
-                try:  # every consensus rule; the clock rule as it stood when the block arrived
-                    self.chain.add(block, block.header.time_ms)
-                except RuleViolation as exc:
-                    reason = str(exc)
-                else:
-                    if main.get(height) == block_hash:
-                        reason = check_readings_rows(self.db, height, block)
-        if reason is not None:
-            self.note(height, block_hash, reason)
-            self._place_anyway(row, block)
-
-    def _place_anyway(self, row: tuple, block: Block | None) -> None:
-        """Link a faulty block by whichever of its copies still hashes right, so that its
-        descendants are checked too; a block with neither is lost, and so are they."""
-        block_hash, _, _, header_bytes, relay_id, newest_ms, openings, *_ = row
-        if block_hash in self.chain:
-            return
-        candidates = []
-        if block is not None and block.hash == block_hash:
-            candidates.append((block.header, *_index_facts(block)))
-        with contextlib.suppress(BlockDecodeError):
-            candidates.append((Header.from_bytes(header_bytes), relay_id, newest_ms, openings))
-        for header, *facts in candidates:
-            if header.hash() == block_hash:
-                with contextlib.suppress(RuleViolation):
-                    self.chain.add_trusted(header, *facts)
-                    return
-        self.lost.add(block_hash)
-
-    def _check_main(self, stored_tip: object, main: dict[int, bytes]) -> None:
-        """The main table, tip and readings against the best chain rebuilt here. With blocks
-        lost that chain is not the stored one, so the main table is checked on its own."""
-        chain = self.chain
-        if self.lost:
-            expected = self._stored_main(stored_tip, main)
-        else:
-            expected = {h: chain.main_at(h).hash for h in range(chain.height + 1)}
-            if stored_tip != chain.tip.hash:
-                entry = chain.get(stored_tip) if isinstance(stored_tip, bytes) else None
-                self.note(-1 if entry is None else entry.height, stored_tip if isinstance(stored_tip, bytes) else b"",
-                          f"stored tip is not the best chain's tip {chain.tip.hash.hex()} at height {chain.height}")
-        for height, block_hash in expected.items():
-            if main.get(height) != block_hash:
-                self.note(height, block_hash, "main table does not list this block at its height")
-        for height in sorted(h for h in main if h not in expected):
-            self.note(height, main[height], "main table lists a height above the best tip")
-        for height, block_hash in self.db.execute(
-                "SELECT DISTINCT block_height, block_hash FROM readings ORDER BY block_height"):
-            if expected.get(height) != block_hash:
-                self.note(height, block_hash, "readings table holds rows of a block not on the main chain")
-
-    def _stored_main(self, stored_tip: object, main: dict[int, bytes]) -> dict[int, bytes]:
-        """Check the main table is one linked line of stored blocks up to the tip; return it."""
-        top = max(main, default=-1)
-        for height in range(top + 1):
-            if height not in main:
-                self.note(height, b"", "main table has no row at this height")
-        for height, block_hash, stored_height, prev_hash in self.db.execute(
-                "SELECT m.height, m.hash, b.height, b.prev_hash FROM main m LEFT JOIN blocks b ON b.hash = m.hash "
-                "ORDER BY m.height"):
-            if stored_height is None:
-                self.note(height, block_hash, "main table lists a block that is not stored")
-            elif stored_height != height or (height > 0 and prev_hash != main.get(height - 1)):
-                self.note(height, block_hash, "main table row does not follow the row below it")
-        if stored_tip != main.get(top):
-            self.note(top, stored_tip if isinstance(stored_tip, bytes) else b"",
-                      "stored tip is not the top of the main table")
-        return main
-
-
-def _row_reason(block: Block, row: tuple) -> str | None:
-    """Why a block row's columns disagree with its own stored bytes, or None."""
-    block_hash, height, prev_hash, header_bytes, relay_id, newest_ms, openings, n_readings, _ = row
-    if block.hash != block_hash:
-        return "stored block does not hash to its key"
-    if header_bytes != block.header.to_bytes():
-        return "header column differs from the stored block's header"
-    if (height, prev_hash) != (block.height, block.prev_hash):
-        return "height/prev_hash columns differ from the header"
-    if (relay_id, newest_ms, openings, n_readings) != (*_index_facts(block), len(block.capture.readings)):
-        return "relay/newest/openings/readings columns differ from the payload"
-    return None
+def __getattr__(name: str) -> object:
+    # The audit moved to gridchain.audit, which imports this module; resolving the old
+    # names lazily keeps `from gridchain.ledger import audit_store` working without a cycle.
+    if name in ("audit_store", "AuditReport"):
+        from . import audit
+        return getattr(audit, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from .consensus.merkle import payload_leaves, reading_proof
-from .ledger import audit_store
+from .audit import audit_store
 from .net.messages import (
     BlockEvent, BlockReply, BlockRequest, Error, HeadersReply, HeadersRequest, MessageError, ProofReply,
     ProofRequest, ReadingsReply, ReadingsRequest, Status, StatusRequest, Subscribe, VerifyReply,

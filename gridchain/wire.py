@@ -112,6 +112,7 @@ class FrameDecoder:
         except FrameError as exc:
             self._error = exc
             self._buffer.clear()
+            self._body_length = None
             raise
         return messages
 

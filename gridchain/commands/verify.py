@@ -63,7 +63,8 @@ async def verify_command(args: argparse.Namespace) -> int:
 
 
 def audit_data_dir(data_dir: Path, params: NetworkParams, as_json: bool) -> int:
-    from ..ledger import LedgerDamaged, audit_store  # only this command needs the ledger
+    from ..audit import audit_store  # only this command needs the ledger
+    from ..ledger import LedgerDamaged
     from ..store import StoreError
 
     store = data_dir / STORE_FILE

@@ -208,19 +208,23 @@ class Chain:
         return [e.hash for e in self._main[start:start + max(0, limit)]]
 
     # --- adding blocks ----------------------------------------------------------------------
-    def add(self, block: Block, now_ms: int, encoded_size: int | None = None) -> AddResult:
+    def add(self, block: Block, now_ms: int, encoded_size: int | None = None,
+            prechecked: bool = False) -> AddResult:
         """Validate ``block`` against every rule and link it; raises RuleViolation.
 
         The context-free rules run before the parent lookup, so a block whose parent is
         unknown ("unknown-parent", worth keeping as an orphan) has already proven its work
-        and signature.
+        and signature. ``prechecked`` says the caller has already seen
+        ``check_block(block, self.params, now_ms)`` pass for this very block object (the
+        ledger checks a sync batch in threads ahead of linking), so it is not run twice.
         """
         known = self._entries.get(block.hash)
         if known is not None:
             return AddResult(known, "duplicate")
         if encoded_size is not None:
             check_encoded_size(encoded_size)
-        check_block(block, self.params, now_ms)
+        if not prechecked:
+            check_block(block, self.params, now_ms)
         parent = self._entries.get(block.header.prev_hash)
         if parent is None:
             raise RuleViolation("unknown-parent", f"parent {short_hash(block.header.prev_hash)} of "

@@ -381,11 +381,12 @@ class Gossip:
                 self.sync_peer = None
                 return
             self.announce_tip()
-        if blocks or advanced:
+        if blocks:
             self._empty_answers.pop(peer.node_key, None)
-        else:
-            # "More" promised but nothing new sent, or more work claimed but no blocks: a
-            # peer doing either again and again would keep us asking for ever.
+        elif not (advanced and message.more):
+            # Walking up a side branch we already hold (advanced, more to come) is progress;
+            # anything else that brings no new block counts, across rounds too, so a peer
+            # that ends each round with a known block cannot restart us for ever.
             count = self._empty_answers.get(peer.node_key, 0) + 1
             self._empty_answers[peer.node_key] = count
             if count >= MAX_EMPTY_SYNC_ANSWERS and (message.more or peer.work > self.chain.tip_info()[2]):

@@ -7,7 +7,7 @@ field must be present with its exact msgpack type (bool is not int, float is not
 only where a field says so), hashes and keys exactly 32 bytes, integers in range, lists
 within their caps. Keys a receiver does not know are ignored, so a later version can add
 fields. Each failure is a ``MessageError`` with one of five stable reasons; no input makes
-``decode_message`` raise anything else.
+``decode_message`` raise anything else. The field checks themselves are in gridchain.net.fields.
 
 Peer messages (PEER_MESSAGES) are gossip between nodes. Client requests (CLIENT_REQUESTS)
 come from the operator's ``gridchain`` tool on the same port and get the replies below them.
@@ -20,8 +20,14 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ..consensus.block import (
-    HASH_SIZE, HEADER_SIZE, KEY_SIZE, MAX_READINGS_PER_BLOCK, MAX_TEXT_BYTES, READING_SIZE, Block,
-    BlockDecodeError,
+    HEADER_SIZE, KEY_SIZE, MAX_READINGS_PER_BLOCK, MAX_TEXT_BYTES, READING_SIZE, Block,
+)
+# MessageError, its reasons, the value ranges and READINGS_ROW_LENGTH are this module's API too.
+from .fields import (
+    BAD_BLOCK, BAD_FIELD, BAD_SHAPE, I64_MAX, I64_MIN, MAX_HEIGHT, MAX_U16, MAX_U32, MAX_U64, MISSING,
+    READINGS_ROW_LENGTH, TOO_MANY, UNKNOWN_TYPE, MessageError, bin_field, block_field, bool_field, check_plain,
+    cursor_field, describe, event_fields, hash_list, header_row, int_field, list_field, optional_hash,
+    optional_int, problem_row, readings_row, text_field, work_field, wrong,
 )
 
 PROTOCOL_VERSION = 1  # the peer protocol spoken in hello; a node refuses any other
@@ -44,29 +50,6 @@ MAX_PROOF_PATH = 32
 MAX_PROBLEMS = 1000  # a verify report lists at most this many problems; one already fails it
 # Status is a small tree of plain values (node -> peers -> one peer's fields is depth 3).
 MAX_INFO_DEPTH = 8
-
-MAX_U16 = 2**16 - 1
-MAX_U32 = 2**32 - 1
-MAX_U64 = 2**64 - 1
-I64_MIN, I64_MAX = -(2**63), 2**63 - 1  # relay timestamps are signed 64-bit milliseconds
-MAX_HEIGHT = I64_MAX  # heights and counts are stored as SQLite's signed 64-bit integers
-READINGS_ROW_LENGTH = 15  # relay, timestamp, ten measurements, openings, height, block hash
-
-# The reasons a message is refused (MessageError.reason).
-BAD_SHAPE = "bad-shape"  # not a [type, body] array with a str type and a map body
-UNKNOWN_TYPE = "unknown-type"  # a type this version does not know
-BAD_FIELD = "bad-field"  # a field missing, of the wrong type or out of range (detail names it)
-TOO_MANY = "too-many"  # a list longer than its cap
-BAD_BLOCK = "bad-block"  # an embedded block is not a block's wire form (detail keeps its reason)
-
-
-class MessageError(ValueError):
-    """A decoded frame that is not an acceptable message; ``reason`` is one of the names above."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
 
 
 class _EmptyBody:
@@ -93,7 +76,7 @@ class _NonceBody:
 
     @classmethod
     def from_body(cls, body: dict):
-        return cls(_int(body, "nonce", 0, MAX_U64))
+        return cls(int_field(body, "nonce", 0, MAX_U64))
 
 
 # --- peer messages -------------------------------------------------------------------------
@@ -121,10 +104,11 @@ class Hello:
 
     @classmethod
     def from_body(cls, body: dict) -> Hello:
-        return cls(_int(body, "version", 0, MAX_U32), _text(body, "network", MAX_NAME), _hash(body, "genesis"),
-                   _hash(body, "node_key", KEY_SIZE), _int(body, "listen_port", 0, MAX_U16),
-                   _int(body, "height", 0, MAX_HEIGHT), _hash(body, "tip"), _work(body),
-                   _text(body, "agent", MAX_AGENT), _text(body, "name", MAX_NAME))
+        return cls(int_field(body, "version", 0, MAX_U32), text_field(body, "network", MAX_NAME),
+                   bin_field(body, "genesis"), bin_field(body, "node_key", KEY_SIZE),
+                   int_field(body, "listen_port", 0, MAX_U16), int_field(body, "height", 0, MAX_HEIGHT),
+                   bin_field(body, "tip"), work_field(body, "work", MAX_WORK_BYTES),
+                   text_field(body, "agent", MAX_AGENT), text_field(body, "name", MAX_NAME))
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +125,8 @@ class Tip:
 
     @classmethod
     def from_body(cls, body: dict) -> Tip:
-        return cls(_int(body, "height", 0, MAX_HEIGHT), _hash(body, "tip"), _work(body))
+        return cls(int_field(body, "height", 0, MAX_HEIGHT), bin_field(body, "tip"),
+                   work_field(body, "work", MAX_WORK_BYTES))
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +141,7 @@ class BlockMessage:
 
     @classmethod
     def from_body(cls, body: dict) -> BlockMessage:
-        return cls(_block(body.get("block", _MISSING), "block"))
+        return cls(block_field(body.get("block", MISSING), "block"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,11 +157,8 @@ class GetBlocks:
 
     @classmethod
     def from_body(cls, body: dict) -> GetBlocks:
-        items = _list(body, "locator", 1, MAX_LOCATOR)
-        for index, item in enumerate(items):
-            if type(item) is not bytes or len(item) != HASH_SIZE:
-                raise _wrong(f"locator[{index}]", item, "bin of 32 bytes")
-        return cls(tuple(items), _int(body, "limit", 1, MAX_BLOCKS_PER_MESSAGE))
+        locator = hash_list(body, "locator", 1, MAX_LOCATOR)
+        return cls(locator, int_field(body, "limit", 1, MAX_BLOCKS_PER_MESSAGE))
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,9 +174,9 @@ class Blocks:
 
     @classmethod
     def from_body(cls, body: dict) -> Blocks:
-        items = _list(body, "blocks", 0, MAX_BLOCKS_PER_MESSAGE)
-        more = _bool(body, "more")
-        return cls(tuple([_block(item, "blocks", index) for index, item in enumerate(items)]), more)
+        items = list_field(body, "blocks", 0, MAX_BLOCKS_PER_MESSAGE)
+        more = bool_field(body, "more")
+        return cls(tuple([block_field(item, "blocks", index) for index, item in enumerate(items)]), more)
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +206,7 @@ class Reject:
 
     @classmethod
     def from_body(cls, body: dict) -> Reject:
-        return cls(_text(body, "code", MAX_CODE), _text(body, "detail", MAX_DETAIL))
+        return cls(text_field(body, "code", MAX_CODE), text_field(body, "detail", MAX_DETAIL))
 
 
 # --- operator requests and replies ---------------------------------------------------------
@@ -248,10 +230,10 @@ class Status:
 
     @classmethod
     def from_body(cls, body: dict) -> Status:
-        info = body.get("info", _MISSING)
+        info = body.get("info", MISSING)
         if type(info) is not dict:
-            raise _wrong("info", info, "map")
-        _check_plain(info, "info", 0)
+            raise wrong("info", info, "map")
+        check_plain(info, "info", 0, MAX_INFO_DEPTH)
         return cls(info)
 
 
@@ -268,7 +250,7 @@ class BlockRequest:
 
     @classmethod
     def from_body(cls, body: dict) -> BlockRequest:
-        block_hash, height = _optional_hash(body, "hash"), _optional_int(body, "height", 0, MAX_HEIGHT)
+        block_hash, height = optional_hash(body, "hash"), optional_int(body, "height", 0, MAX_HEIGHT)
         if (block_hash is None) == (height is None):
             raise MessageError(BAD_FIELD, "hash, height: exactly one must be given")
         return cls(block_hash, height)
@@ -289,9 +271,9 @@ class BlockReply:
 
     @classmethod
     def from_body(cls, body: dict) -> BlockReply:
-        fields = body.get("block", _MISSING)
-        block = None if fields is None else _block(fields, "block")
-        return cls(block, _int(body, "height", 0, MAX_HEIGHT), _bool(body, "main"))
+        fields = body.get("block", MISSING)
+        block = None if fields is None else block_field(fields, "block")
+        return cls(block, int_field(body, "height", 0, MAX_HEIGHT), bool_field(body, "main"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,8 +289,8 @@ class HeadersRequest:
 
     @classmethod
     def from_body(cls, body: dict) -> HeadersRequest:
-        start = _int(body, "start", 0, MAX_HEIGHT)
-        stop = _int(body, "stop", start, MAX_HEIGHT)
+        start = int_field(body, "start", 0, MAX_HEIGHT)
+        stop = int_field(body, "stop", start, MAX_HEIGHT)
         if stop - start >= MAX_HEADERS:
             raise MessageError(TOO_MANY, f"start..stop: {stop - start + 1} heights > {MAX_HEADERS}")
         return cls(start, stop)
@@ -326,8 +308,8 @@ class HeadersReply:
 
     @classmethod
     def from_body(cls, body: dict) -> HeadersReply:
-        items = _list(body, "rows", 0, MAX_HEADERS)
-        return cls(tuple([_header_row(item, f"rows[{index}]") for index, item in enumerate(items)]))
+        items = list_field(body, "rows", 0, MAX_HEADERS)
+        return cls(tuple([header_row(item, f"rows[{index}]") for index, item in enumerate(items)]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,10 +333,10 @@ class ReadingsRequest:
 
     @classmethod
     def from_body(cls, body: dict) -> ReadingsRequest:
-        relay = None if body.get("relay", _MISSING) is None else _text(body, "relay", MAX_TEXT_BYTES)
-        return cls(relay, _optional_int(body, "since_ms", I64_MIN, I64_MAX),
-                   _optional_int(body, "until_ms", I64_MIN, I64_MAX), _cursor(body, "after"),
-                   _int(body, "limit", 1, MAX_READINGS_PAGE))
+        relay = None if body.get("relay", MISSING) is None else text_field(body, "relay", MAX_TEXT_BYTES)
+        return cls(relay, optional_int(body, "since_ms", I64_MIN, I64_MAX),
+                   optional_int(body, "until_ms", I64_MIN, I64_MAX), cursor_field(body, "after"),
+                   int_field(body, "limit", 1, MAX_READINGS_PAGE))
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,8 +352,9 @@ class ReadingsReply:
 
     @classmethod
     def from_body(cls, body: dict) -> ReadingsReply:
-        items = _list(body, "rows", 0, MAX_READINGS_PAGE)
-        return cls(tuple([_readings_row(item, index) for index, item in enumerate(items)]), _cursor(body, "next"))
+        items = list_field(body, "rows", 0, MAX_READINGS_PAGE)
+        rows = tuple([readings_row(item, index) for index, item in enumerate(items)])
+        return cls(rows, cursor_field(body, "next"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,7 +370,7 @@ class ProofRequest:
 
     @classmethod
     def from_body(cls, body: dict) -> ProofRequest:
-        return cls(_text(body, "relay", MAX_TEXT_BYTES), _int(body, "timestamp_ms", I64_MIN, I64_MAX))
+        return cls(text_field(body, "relay", MAX_TEXT_BYTES), int_field(body, "timestamp_ms", I64_MIN, I64_MAX))
 
 
 @dataclass(frozen=True, slots=True)
@@ -419,16 +402,13 @@ class ProofReply:
 
     @classmethod
     def from_body(cls, body: dict) -> ProofReply:
-        size = _int(body, "size", 2, MAX_READINGS_PER_BLOCK + 1)
-        path = _list(body, "path", 0, MAX_PROOF_PATH)
-        for index, item in enumerate(path):
-            if type(item) is not bytes or len(item) != HASH_SIZE:
-                raise _wrong(f"path[{index}]", item, "bin of 32 bytes")
-        return cls(_hash(body, "header", HEADER_SIZE), _hash(body, "leaf", READING_SIZE),
-                   _int(body, "index", 1, size - 1), size, tuple(path), _int(body, "height", 0, MAX_HEIGHT),
-                   _hash(body, "hash"), _text(body, "miner_name", MAX_TEXT_BYTES),
-                   _text(body, "relay_id", MAX_TEXT_BYTES), _text(body, "substation", MAX_TEXT_BYTES),
-                   _int(body, "openings", 0, I64_MAX))
+        size = int_field(body, "size", 2, MAX_READINGS_PER_BLOCK + 1)
+        path = hash_list(body, "path", 0, MAX_PROOF_PATH)
+        return cls(bin_field(body, "header", HEADER_SIZE), bin_field(body, "leaf", READING_SIZE),
+                   int_field(body, "index", 1, size - 1), size, path, int_field(body, "height", 0, MAX_HEIGHT),
+                   bin_field(body, "hash"), text_field(body, "miner_name", MAX_TEXT_BYTES),
+                   text_field(body, "relay_id", MAX_TEXT_BYTES), text_field(body, "substation", MAX_TEXT_BYTES),
+                   int_field(body, "openings", 0, I64_MAX))
 
 
 @dataclass(frozen=True, slots=True)
@@ -452,9 +432,10 @@ class VerifyReply:
 
     @classmethod
     def from_body(cls, body: dict) -> VerifyReply:
-        ok, checked = _bool(body, "ok"), _int(body, "checked", 0, I64_MAX)
-        items = _list(body, "problems", 0, MAX_PROBLEMS)
-        return cls(ok, checked, tuple([_problem(item, f"problems[{i}]") for i, item in enumerate(items)]))
+        ok, checked = bool_field(body, "ok"), int_field(body, "checked", 0, I64_MAX)
+        items = list_field(body, "problems", 0, MAX_PROBLEMS)
+        return cls(ok, checked, tuple([problem_row(item, f"problems[{i}]", MAX_DETAIL)
+                                       for i, item in enumerate(items)]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -484,7 +465,7 @@ class BlockEvent:
 
     @classmethod
     def from_body(cls, body: dict) -> BlockEvent:
-        return cls(**_event_fields(body))
+        return cls(**event_fields(body))
 
 
 @dataclass(frozen=True, slots=True)
@@ -500,7 +481,7 @@ class Error:
 
     @classmethod
     def from_body(cls, body: dict) -> Error:
-        return cls(_text(body, "reason", MAX_CODE), _text(body, "detail", MAX_DETAIL))
+        return cls(text_field(body, "reason", MAX_CODE), text_field(body, "detail", MAX_DETAIL))
 
 
 Message = (Hello | Tip | BlockMessage | GetBlocks | Blocks | Ping | Pong | Reject | StatusRequest | Status
@@ -525,12 +506,12 @@ def encode_message(message: Message) -> list:
 def decode_message(obj: object) -> Message:
     """The message a decoded frame holds; MessageError (and nothing else) when it holds none."""
     if type(obj) is not list or len(obj) != 2:
-        raise MessageError(BAD_SHAPE, f"a message is a [type, body] array, got {_kind(obj)}")
+        raise MessageError(BAD_SHAPE, f"a message is a [type, body] array, got {describe(obj)}")
     kind, body = obj
     if type(kind) is not str:
-        raise MessageError(BAD_SHAPE, f"the type is a str, got {_kind(kind)}")
+        raise MessageError(BAD_SHAPE, f"the type is a str, got {describe(kind)}")
     if type(body) is not dict:
-        raise MessageError(BAD_SHAPE, f"the body is a map, got {_kind(body)}")
+        raise MessageError(BAD_SHAPE, f"the body is a map, got {describe(body)}")
     decode = _DECODERS.get(kind)
     if decode is None:
         raise MessageError(UNKNOWN_TYPE, repr(kind[:40]))
@@ -540,184 +521,3 @@ def decode_message(obj: object) -> Message:
 def work_to_bytes(work: int) -> bytes:
     """Cumulative work as minimal big-endian unsigned bytes (0 is the empty string)."""
     return work.to_bytes((work.bit_length() + 7) // 8, "big")
-
-
-# --- field checks (hot: plain type() comparisons, no reflection) ----------------------------
-
-_MISSING = object()
-_PLAIN_SCALARS = frozenset({type(None), bool, int, float, str})
-
-
-def _kind(value: object) -> str:
-    """A short description of a foreign value that never echoes its content at length."""
-    if value is _MISSING:
-        return "nothing (missing)"
-    kind = type(value)
-    if kind is bytes:
-        return f"bin of {len(value)} bytes"
-    if kind is list:
-        return f"array of {len(value)}"
-    if kind is int:
-        return f"int {value}" if value.bit_length() <= 64 else f"a {value.bit_length()}-bit int"
-    return {type(None): "nil", bool: "bool", float: "float", str: "str", dict: "map"}.get(kind, kind.__name__)
-
-
-def _wrong(name: str, value: object, expected: str) -> MessageError:
-    return MessageError(BAD_FIELD, f"{name}: expected {expected}, got {_kind(value)}")
-
-
-def _int(body: dict, name: str, lo: int, hi: int) -> int:
-    return _check_int(body.get(name, _MISSING), name, lo, hi)
-
-
-def _check_int(value: object, name: str, lo: int, hi: int) -> int:
-    if type(value) is not int or not lo <= value <= hi:
-        raise _wrong(name, value, f"int in {lo}..{hi}")
-    return value
-
-
-def _optional_int(body: dict, name: str, lo: int, hi: int) -> int | None:
-    value = body.get(name, _MISSING)
-    return None if value is None else _check_int(value, name, lo, hi)
-
-
-def _bool(body: dict, name: str) -> bool:
-    value = body.get(name, _MISSING)
-    if type(value) is not bool:
-        raise _wrong(name, value, "bool")
-    return value
-
-
-def _hash(body: dict, name: str, size: int = HASH_SIZE) -> bytes:
-    """A bin field of exactly ``size`` bytes (hashes, keys, the header, a reading leaf)."""
-    value = body.get(name, _MISSING)
-    if type(value) is not bytes or len(value) != size:
-        raise _wrong(name, value, f"bin of {size} bytes")
-    return value
-
-
-def _optional_hash(body: dict, name: str) -> bytes | None:
-    value = body.get(name, _MISSING)
-    return None if value is None else _hash(body, name)
-
-
-def _text(body: dict, name: str, max_bytes: int) -> str:
-    return _check_text(body.get(name, _MISSING), name, max_bytes)
-
-
-def _check_text(value: object, name: str, max_bytes: int) -> str:
-    if type(value) is not str:
-        raise _wrong(name, value, "str")
-    # A code point is at most 4 UTF-8 bytes, so short strings need no encoding to measure.
-    if len(value) * 4 > max_bytes and len(value.encode("utf-8", "surrogatepass")) > max_bytes:
-        raise MessageError(BAD_FIELD, f"{name}: longer than {max_bytes} bytes of UTF-8")
-    return value
-
-
-def _list(body: dict, name: str, lo: int, cap: int) -> list:
-    value = body.get(name, _MISSING)
-    if type(value) is not list:
-        raise _wrong(name, value, "array")
-    if len(value) > cap:
-        raise MessageError(TOO_MANY, f"{name}: {len(value)} entries > {cap}")
-    if len(value) < lo:
-        raise MessageError(BAD_FIELD, f"{name}: {len(value)} entries < {lo}")
-    return value
-
-
-def _work(body: dict) -> int:
-    value = body.get("work", _MISSING)
-    if type(value) is not bytes or len(value) > MAX_WORK_BYTES:
-        raise _wrong("work", value, f"bin of at most {MAX_WORK_BYTES} bytes")
-    return int.from_bytes(value, "big")
-
-
-def _block(fields: object, name: str, index: int | None = None) -> Block:
-    where = name if index is None else f"{name}[{index}]"
-    if fields is _MISSING:
-        raise _wrong(where, fields, "a block array")
-    try:
-        return Block.from_fields(fields)
-    except BlockDecodeError as exc:
-        raise MessageError(BAD_BLOCK, f"{where}: {exc}") from None
-
-
-def _cursor(body: dict, name: str) -> tuple[int, str] | None:
-    value = body.get(name, _MISSING)
-    if value is None:
-        return None
-    if type(value) is not list or len(value) != 2:
-        raise _wrong(name, value, "[timestamp_ms, relay_id] or nil")
-    return (_check_int(value[0], f"{name}[0]", I64_MIN, I64_MAX),
-            _check_text(value[1], f"{name}[1]", MAX_TEXT_BYTES))
-
-
-def _event_fields(row: dict) -> dict:
-    """The fields a block event and a headers row share, checked."""
-    return {
-        "height": _int(row, "height", 0, MAX_HEIGHT),
-        "hash": _hash(row, "hash"),
-        "miner_name": _text(row, "miner_name", MAX_TEXT_BYTES),
-        "relay_id": _text(row, "relay_id", MAX_TEXT_BYTES),
-        "readings": _int(row, "readings", 0, MAX_READINGS_PER_BLOCK),
-        "newest_ms": _optional_int(row, "newest_ms", I64_MIN, I64_MAX),
-        "time_ms": _int(row, "time_ms", 0, MAX_U64),
-    }
-
-
-def _header_row(row: object, where: str) -> dict:
-    if type(row) is not dict:
-        raise _wrong(where, row, "map")
-    try:
-        fields = _event_fields(row)
-        fields["miner_key"] = _hash(row, "miner_key", KEY_SIZE)
-    except MessageError as exc:
-        raise MessageError(exc.reason, f"{where}.{exc.detail}") from None
-    return fields
-
-
-def _readings_row(row: object, index: int) -> tuple:
-    if type(row) is not list or len(row) != READINGS_ROW_LENGTH:
-        raise _wrong(f"rows[{index}]", row, f"array of {READINGS_ROW_LENGTH}")
-    relay_id, timestamp_ms, *values, openings, height, block_hash = row
-    _check_text(relay_id, f"rows[{index}][0]", MAX_TEXT_BYTES)
-    _check_int(timestamp_ms, f"rows[{index}][1]", I64_MIN, I64_MAX)
-    for offset, value in enumerate(values, 2):
-        # Blocks never hold NaN or infinity (rules.py), so neither may a row read from them.
-        if type(value) is not float or value - value != 0.0:
-            raise _wrong(f"rows[{index}][{offset}]", value, "a finite float")
-    _check_int(openings, f"rows[{index}][12]", 0, I64_MAX)
-    _check_int(height, f"rows[{index}][13]", 0, MAX_HEIGHT)
-    if type(block_hash) is not bytes or len(block_hash) != HASH_SIZE:
-        raise _wrong(f"rows[{index}][14]", block_hash, "bin of 32 bytes")
-    return tuple(row)
-
-
-def _problem(item: object, where: str) -> tuple[int, bytes, str]:
-    if type(item) is not list or len(item) != 3:
-        raise _wrong(where, item, "[height, hash, reason]")
-    height, block_hash, reason = item
-    # Height -1 and an empty hash: the problem is not about one block (say, an unreadable file).
-    _check_int(height, f"{where}[0]", -1, MAX_HEIGHT)
-    if type(block_hash) is not bytes or len(block_hash) not in (0, HASH_SIZE):
-        raise _wrong(f"{where}[1]", block_hash, "bin of 0 or 32 bytes")
-    return height, block_hash, _check_text(reason, f"{where}[2]", MAX_DETAIL)
-
-
-def _check_plain(value: object, name: str, depth: int) -> None:
-    """Status values: nil, bool, int, float, str, and arrays and str-keyed maps of them."""
-    kind = type(value)
-    if kind in _PLAIN_SCALARS:
-        return
-    if depth >= MAX_INFO_DEPTH:
-        raise MessageError(BAD_FIELD, f"{name}: nested deeper than {MAX_INFO_DEPTH}")
-    if kind is list:
-        for item in value:
-            _check_plain(item, name, depth + 1)
-    elif kind is dict:
-        for key, item in value.items():
-            if type(key) is not str:
-                raise _wrong(f"{name} key", key, "str")
-            _check_plain(item, f"{name}.{key[:40]}", depth + 1)
-    else:
-        raise _wrong(name, value, "nil, bool, int, float, str, array or map")

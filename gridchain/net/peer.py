@@ -43,11 +43,12 @@ KNOWN_BLOCKS_PER_PEER = 4096
 class ProtocolViolation(Exception):
     """The peer broke the protocol: disconnect it and ban its address for ``reason``."""
 
-    def __init__(self, reason: str, detail: str = "", ban: bool = True) -> None:
+    def __init__(self, reason: str, detail: str = "", ban: bool = True, reply: bool = True) -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
         self.ban = ban
+        self.reply = reply  # answer with a `reject` (never to a peer that rejected us)
 
 
 class PeerHandler(Protocol):
@@ -189,7 +190,7 @@ class Peer:
             self.close(self.close_reason or "closed")
 
     def _reject_and_close(self, exc: ProtocolViolation) -> None:
-        if not self._closing:
+        if exc.reply and not self._closing:
             self.send(Reject(code=exc.reason, detail=exc.detail[:200]))
         # Not logged here: on_peer_closed reports the reason once, with the ban if there is one.
         self.close(exc.reason, ban=exc.ban, detail=exc.detail)
@@ -205,6 +206,10 @@ class Peer:
                                     ban=False) from None
         if message is None:
             raise ProtocolViolation("closed", "closed during handshake", ban=False)
+        if isinstance(message, Reject):
+            # The other side refused our hello (another network, ourselves, a duplicate...):
+            # its code is the reason, and a dialler seeing "self" stops redialling.
+            raise ProtocolViolation(message.code, message.detail, ban=False, reply=False)
         if not isinstance(message, Hello):
             raise ProtocolViolation("no-hello", f"first message was {message.TYPE}")
         self.handler.check_hello(self, message)

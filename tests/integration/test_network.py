@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
+from structlog.testing import capture_logs
+
 from gridchain.consensus.template import block_template, seal
 from gridchain.keys import NodeKey
 from gridchain.net.messages import PROTOCOL_VERSION, BlockMessage, Hello, encode_message
@@ -167,3 +169,18 @@ async def test_min_peers_holds_mining_until_enough_peers_are_connected(tmp_path)
         await wait_until(lambda: nodes[1].height >= 2, 15, what="the peer receives the blocks")
     finally:
         await _stop_all(nodes, relay)
+
+
+async def test_a_node_told_it_dialled_itself_stops_redialling(tmp_path):
+    port = free_port()
+    with capture_logs() as logs:
+        running = await start_node(node_config(tmp_path / "self", port, [port], redial_max_s=0.2))
+        try:
+            await wait_until(lambda: any(e["event"] == "peer.dial_stopped" for e in logs), 10,
+                             what="the dialler to give up on itself")
+            await asyncio.sleep(0.5)
+            refusals = [e for e in logs if e["event"] == "peer.refused"]
+            assert refusals and all(e["reason"] == "self" for e in refusals)
+            assert len(refusals) <= 2, "no redial after the node learnt the address is its own"
+        finally:
+            await running.shutdown()

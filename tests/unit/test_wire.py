@@ -125,6 +125,7 @@ def test_decoder_is_poisoned_after_an_error():
     with pytest.raises(FrameError) as again:
         decoder.feed(encode_frame("fine"))
     assert again.value is first.value
+    assert decoder.buffered == 0  # nothing is kept of a frame that broke the rules
 
 
 def test_messages_before_a_bad_frame_in_the_same_feed_are_lost_with_the_connection():

@@ -1,0 +1,217 @@
+"""The offline audit of a whole store, for `gridchain verify` and the operator's verify request.
+
+``audit_store`` opens its own read-only connection, reads one consistent snapshot and
+replays every stored block through a fresh ``Chain`` in the order the blocks arrived, so
+every consensus rule runs again (the clock rule as it stood when each block arrived). It
+also checks each row's columns against the block's own bytes, the readings table against
+the main chain, and the main table and tip against the best chain rebuilt here.
+
+A faulty block is still linked by whichever copy of its header hashes right, so its
+descendants are checked too; a block that cannot be placed at all is listed once, and
+what descends from it is counted, not listed. Opening a ledger (gridchain.ledger) checks
+only the newest blocks; this checks them all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .consensus.block import Block, BlockDecodeError, Header
+from .consensus.chain import Chain
+from .consensus.genesis import make_genesis
+from .consensus.params import NetworkParams
+from .consensus.rules import RuleViolation
+from .ledger import check_readings_rows, index_facts
+from .store import SCHEMA_VERSION, store_error
+
+# Problems listed in one report; past this the count goes on but the list stops growing.
+MAX_PROBLEMS = 1000
+PROGRESS_EVERY = 1000  # blocks between progress callbacks
+
+
+@dataclass(frozen=True, slots=True)
+class AuditReport:
+    """The verdict on a whole store: ``problems`` are (height, block hash hex, reason).
+
+    ``omitted`` counts problems left out of the list: past MAX_PROBLEMS, and blocks that
+    descend from a block that is missing (the first missing link is listed).
+    """
+
+    ok: bool
+    checked: int
+    problems: list[tuple[int, str, str]]
+    omitted: int = 0
+
+
+def audit_store(path: Path, params: NetworkParams,
+                progress: Callable[[int, int], None] | None = None) -> AuditReport:
+    """Check every block, every main-chain reading row and the main table of the store at ``path``.
+
+    Opens its own read-only connection and reads one snapshot, so it may run in a thread
+    while the node keeps writing. ``progress(checked, total)`` is called now and then.
+    Raises StoreError only when the file cannot be opened at all.
+    """
+    try:
+        db = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise store_error(exc, f"opening {path} to audit it") from None
+    audit = _Audit(db, params, progress)
+    try:
+        db.execute("BEGIN")  # one consistent snapshot, whatever the node commits meanwhile
+        audit.run()
+    except sqlite3.DatabaseError as exc:
+        audit.note(-1, b"", f"database unreadable: {exc}")
+    finally:
+        db.close()
+    return AuditReport(not audit.problems and not audit.omitted, audit.checked, audit.problems, audit.omitted)
+
+
+class _Audit:
+    def __init__(self, db: sqlite3.Connection, params: NetworkParams,
+                 progress: Callable[[int, int], None] | None) -> None:
+        self.db = db
+        self.params = params
+        self.progress = progress
+        self.genesis = make_genesis(params.name, params.bits)
+        self.chain = Chain(self.genesis, params)
+        self.problems: list[tuple[int, str, str]] = []
+        self.omitted = 0
+        self.checked = 0
+        self.lost: set[bytes] = set()  # blocks that could not be placed in the tree
+        self.saw_genesis = False
+
+    def note(self, height: int, block_hash: bytes, reason: str) -> None:
+        if len(self.problems) < MAX_PROBLEMS:
+            self.problems.append((height, block_hash.hex(), reason))
+        else:
+            self.omitted += 1
+
+    def run(self) -> None:
+        meta = dict(self.db.execute("SELECT key, value FROM meta"))
+        expected = {"schema_version": SCHEMA_VERSION, "network": self.params.name, "genesis": self.genesis.hash}
+        for key, value in expected.items():
+            if meta.get(key) != value:
+                self.note(0, self.genesis.hash, f"meta {key} is {meta.get(key)!r}, expected {value!r}")
+                return
+        main = dict(self.db.execute("SELECT height, hash FROM main"))
+        total = self.db.execute("SELECT count(*) FROM blocks").fetchone()[0]
+        rows = self.db.execute("SELECT hash, height, prev_hash, header, relay_id, newest_ms, openings, "
+                               "n_readings, raw FROM blocks ORDER BY seq")
+        for row in rows:
+            self._check_row(row, main)
+            self.checked += 1
+            if self.progress is not None and self.checked % PROGRESS_EVERY == 0:
+                self.progress(self.checked, total)
+        if not self.saw_genesis:
+            self.note(0, self.genesis.hash, "the genesis row is missing")
+        self._check_main(meta.get("tip"), main)
+        if self.progress is not None:
+            self.progress(self.checked, total)
+
+    def _check_row(self, row: tuple, main: dict[int, bytes]) -> None:
+        block_hash, height, prev_hash, header_bytes, *_ = row
+        if block_hash == self.genesis.hash:
+            self.saw_genesis = True
+            if row[8] != self.genesis.encode() or header_bytes != self.genesis.header.to_bytes() or height != 0:
+                self.note(height, block_hash, "genesis row differs from this network's genesis")
+            return
+        if prev_hash in self.lost:
+            self.lost.add(block_hash)
+            self.omitted += 1
+            return
+        block = None
+        try:
+            block = Block.decode(row[8])
+        except BlockDecodeError as exc:
+            reason = f"stored block does not decode ({exc})"
+        else:
+            reason = _row_reason(block, row)
+            if reason is None and self.chain.get(block.prev_hash) is None:
+                reason = "parent missing"
+            elif reason is None:
+                try:  # every consensus rule; the clock rule as it stood when the block arrived
+                    self.chain.add(block, block.header.time_ms)
+                except RuleViolation as exc:
+                    reason = str(exc)
+                else:
+                    if main.get(height) == block_hash:
+                        reason = check_readings_rows(self.db, height, block)
+        if reason is not None:
+            self.note(height, block_hash, reason)
+            self._place_anyway(row, block)
+
+    def _place_anyway(self, row: tuple, block: Block | None) -> None:
+        """Link a faulty block by whichever of its copies still hashes right, so that its
+        descendants are checked too; a block with neither is lost, and so are they."""
+        block_hash, _, _, header_bytes, relay_id, newest_ms, openings, *_ = row
+        if block_hash in self.chain:
+            return
+        candidates = []
+        if block is not None and block.hash == block_hash:
+            candidates.append((block.header, *index_facts(block)))
+        with contextlib.suppress(BlockDecodeError):
+            candidates.append((Header.from_bytes(header_bytes), relay_id, newest_ms, openings))
+        for header, *facts in candidates:
+            if header.hash() == block_hash:
+                with contextlib.suppress(RuleViolation):
+                    self.chain.add_trusted(header, *facts)
+                    return
+        self.lost.add(block_hash)
+
+    def _check_main(self, stored_tip: object, main: dict[int, bytes]) -> None:
+        """The main table, tip and readings against the best chain rebuilt here. With blocks
+        lost that chain is not the stored one, so the main table is checked on its own."""
+        chain = self.chain
+        if self.lost:
+            expected = self._stored_main(stored_tip, main)
+        else:
+            expected = {h: chain.main_at(h).hash for h in range(chain.height + 1)}
+            if stored_tip != chain.tip.hash:
+                entry = chain.get(stored_tip) if isinstance(stored_tip, bytes) else None
+                self.note(-1 if entry is None else entry.height, stored_tip if isinstance(stored_tip, bytes) else b"",
+                          f"stored tip is not the best chain's tip {chain.tip.hash.hex()} at height {chain.height}")
+        for height, block_hash in expected.items():
+            if main.get(height) != block_hash:
+                self.note(height, block_hash, "main table does not list this block at its height")
+        for height in sorted(h for h in main if h not in expected):
+            self.note(height, main[height], "main table lists a height above the best tip")
+        for height, block_hash in self.db.execute(
+                "SELECT DISTINCT block_height, block_hash FROM readings ORDER BY block_height"):
+            if expected.get(height) != block_hash:
+                self.note(height, block_hash, "readings table holds rows of a block not on the main chain")
+
+    def _stored_main(self, stored_tip: object, main: dict[int, bytes]) -> dict[int, bytes]:
+        """Check the main table is one linked line of stored blocks up to the tip; return it."""
+        top = max(main, default=-1)
+        for height in range(top + 1):
+            if height not in main:
+                self.note(height, b"", "main table has no row at this height")
+        for height, block_hash, stored_height, prev_hash in self.db.execute(
+                "SELECT m.height, m.hash, b.height, b.prev_hash FROM main m LEFT JOIN blocks b ON b.hash = m.hash "
+                "ORDER BY m.height"):
+            if stored_height is None:
+                self.note(height, block_hash, "main table lists a block that is not stored")
+            elif stored_height != height or (height > 0 and prev_hash != main.get(height - 1)):
+                self.note(height, block_hash, "main table row does not follow the row below it")
+        if stored_tip != main.get(top):
+            self.note(top, stored_tip if isinstance(stored_tip, bytes) else b"",
+                      "stored tip is not the top of the main table")
+        return main
+
+
+def _row_reason(block: Block, row: tuple) -> str | None:
+    """Why a block row's columns disagree with its own stored bytes, or None."""
+    block_hash, height, prev_hash, header_bytes, relay_id, newest_ms, openings, n_readings, _ = row
+    if block.hash != block_hash:
+        return "stored block does not hash to its key"
+    if header_bytes != block.header.to_bytes():
+        return "header column differs from the stored block's header"
+    if (height, prev_hash) != (block.height, block.prev_hash):
+        return "height/prev_hash columns differ from the header"
+    if (relay_id, newest_ms, openings, n_readings) != (*index_facts(block), len(block.capture.readings)):
+        return "relay/newest/openings/readings columns differ from the payload"
+    return None
