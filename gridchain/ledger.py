@@ -36,8 +36,8 @@ RECHECK_BLOCKS = 100
 # A sync batch's context-free checks run in threads ahead of linking: the Ed25519 verify,
 # most of a block's cost, releases the GIL, so the checks overlap on every core there is.
 CHECK_THREADS = min(4, os.cpu_count() or 1)
-CHECK_CHUNK = 32  # blocks per thread task: a future per block would cost a third of a check
-MIN_THREADED_BATCH = 16  # smaller runs are checked inline: the hand-off would cost more than it saves
+CHECK_CHUNK = 16  # blocks per thread task: a future per block would cost a third of a check
+MIN_THREADED_BATCH = 16  # shorter runs (a sync's tail) are checked inline: little to gain from threads
 
 
 class LedgerDamaged(Exception):
@@ -249,18 +249,19 @@ class BatchChecks:
 
     def __init__(self, pool: ThreadPoolExecutor, blocks: Sequence[Block], params: NetworkParams,
                  now_ms: int) -> None:
+        self._size = CHECK_CHUNK
         self._futures: list[Future[list[bool]]] = [
-            pool.submit(_passes_check_block, blocks[start:start + CHECK_CHUNK], params, now_ms)
-            for start in range(0, len(blocks), CHECK_CHUNK)]
+            pool.submit(_passes_check_block, blocks[start:start + self._size], params, now_ms)
+            for start in range(0, len(blocks), self._size)]
         self._chunk = -1
         self._passed: list[bool] = []
 
     def passed(self, index: int) -> bool:
         """Whether block ``index`` of the run passed; waits for its chunk."""
-        chunk = index // CHECK_CHUNK
+        chunk = index // self._size
         if chunk != self._chunk:
             self._chunk, self._passed = chunk, self._futures[chunk].result()
-        return self._passed[index % CHECK_CHUNK]
+        return self._passed[index % self._size]
 
     def cancel(self) -> None:
         """Drop the chunks no thread has started (the ones running finish and are ignored)."""

@@ -341,10 +341,15 @@ class Gossip:
         peer.known.add(block.hash)
         if self.chain.has_block(block.hash):
             return
+        tip_before = self.chain.tip_info()[1]
         result = await self.chain.receive_blocks([block], peer.listen_address, via_sync=False)
         self._judge(peer, result)
         for accepted in result.accepted:
             self.broadcast_block(accepted, source=peer)
+        if self.chain.tip_info()[1] != tip_before:
+            # After the blocks, never before: a peer told of more work before it holds the
+            # block would start a sync round only to be sent the block it just received.
+            self.announce_tip()
         if result.missing_parent:
             # Not an offence: a peer ahead of us sends such blocks. It is held aside and we
             # ask the peer for the blocks between; failing to deliver them is what gets it banned.

@@ -173,6 +173,12 @@ class Peer:
         finally:
             self.writer.transport.abort()
             await self.handler.on_peer_closed(self, self.close_reason or "closed", self._ban)
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # A reset landing in the same loop turn as a shutdown makes TaskGroup raise an
+            # ExceptionGroup that the except* above swallows along with the cancellation;
+            # re-raise it, or the dialler would redial through the node's shutdown.
+            raise asyncio.CancelledError
 
     async def _read_side(self) -> None:
         keepalive: asyncio.Task | None = None

@@ -218,6 +218,24 @@ def test_unknown_parent_then_children_connect():
     assert chain.tip.hash == other.tip.hash
 
 
+def test_prechecked_skips_only_the_context_free_checks(monkeypatch):
+    chain, other = new_chain(), new_chain()
+    blocks, _ = grow(other, other.tip, 2)
+    calls = []
+    monkeypatch.setattr("gridchain.consensus.chain.check_block", lambda *args: calls.append(args))
+    with pytest.raises(RuleViolation) as caught:  # the parent is still looked up
+        chain.add(blocks[1], NOW_MS, prechecked=True)
+    assert caught.value.reason == "unknown-parent"
+    chain.add(blocks[0], NOW_MS, prechecked=True)
+    assert calls == []
+    chain.add(blocks[1], NOW_MS)
+    assert [args[0] for args in calls] == [blocks[1]]
+    late = make_block(chain.tip, Relay(start_ms=1).next())  # readings older than the branch's
+    with pytest.raises(RuleViolation) as caught:  # and the rules of the branch still apply
+        chain.add(late, NOW_MS, prechecked=True)
+    assert caught.value.reason == "duplicate-reading"
+
+
 def test_add_trusted_rebuilds_the_same_chain():
     chain = new_chain()
     _, main = grow(chain, chain.tip, 6)

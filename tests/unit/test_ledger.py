@@ -6,12 +6,16 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import sqlite3
+import threading
 
 import pytest
 
+from gridchain import ledger as ledger_module
+from gridchain.audit import AuditReport, audit_store
+from gridchain.consensus import rules
 from gridchain.consensus.block import Block
 from gridchain.consensus.rules import RuleViolation
-from gridchain.ledger import Ledger, LedgerDamaged, audit_store
+from gridchain.ledger import Ledger, LedgerDamaged
 from gridchain.store import DB_FILE, StoreError
 
 from .helpers import BOB, NOW_MS, PARAMS, Relay, make_block, new_chain
@@ -197,6 +201,45 @@ def test_add_blocks_keeps_the_valid_prefix_and_names_the_bad_block(ledger):
     batch = ledger.add_blocks(blocks[:3] + [bad] + blocks[4:], NOW_MS)
     assert len(batch.updates) == 3 and batch.rejected is bad and batch.error.reason == "bad-signature"
     assert ledger.height == 3 and ledger.store.tip_hash() == blocks[2].hash
+
+
+LONG_RUN = 40  # past MIN_THREADED_BATCH and over a CHECK_CHUNK boundary
+
+
+@pytest.mark.parametrize("threads", [1, 2], ids=["inline", "threaded"])
+def test_a_long_run_names_the_same_first_bad_block_either_way(ledger, monkeypatch, threads):
+    monkeypatch.setattr(ledger_module, "CHECK_THREADS", threads)
+    blocks = _chain_of(ledger, LONG_RUN, Relay("relay-1"))
+    # Both its root and its signature are wrong: the root is checked first, so it names the fault.
+    bad = dataclasses.replace(blocks[35], miner_name="mallory", signature=bytes(64))
+    also_bad = dataclasses.replace(blocks[38], signature=bytes(64))
+    batch = ledger.add_blocks(blocks[:35] + [bad] + blocks[36:38] + [also_bad] + blocks[39:], NOW_MS)
+    assert len(batch.updates) == 35 and batch.rejected is bad and batch.error.reason == "bad-root"
+    assert ledger.height == 35 and ledger.store.tip_hash() == blocks[34].hash
+
+
+def test_a_long_run_is_checked_in_threads_and_not_again_inline(ledger, monkeypatch):
+    monkeypatch.setattr(ledger_module, "CHECK_THREADS", 2)
+    blocks = _chain_of(ledger, LONG_RUN, Relay("relay-1"))
+    threads, inline = [], []
+    real = rules.check_block
+    monkeypatch.setattr(rules, "check_block",
+                        lambda *args: threads.append(threading.current_thread()) or real(*args))
+    monkeypatch.setattr("gridchain.consensus.chain.check_block", lambda *args: inline.append(args) or real(*args))
+    batch = ledger.add_blocks(blocks, NOW_MS)
+    assert batch.error is None and ledger.height == LONG_RUN
+    assert len(threads) == LONG_RUN and threading.main_thread() not in threads
+    assert inline == []
+
+
+def test_a_known_block_with_a_bad_signature_is_a_duplicate_in_a_long_run(ledger, monkeypatch):
+    monkeypatch.setattr(ledger_module, "CHECK_THREADS", 2)
+    blocks = _chain_of(ledger, LONG_RUN, Relay("relay-1"))
+    ledger.add_blocks(blocks[:20], NOW_MS)
+    resent = blocks[:5] + [dataclasses.replace(blocks[5], signature=bytes(64))] + blocks[6:]
+    batch = ledger.add_blocks(resent, NOW_MS)  # the hash does not cover the signature: same block
+    assert batch.error is None
+    assert [u.result.status for u in batch.updates] == ["duplicate"] * 20 + ["extended"] * 20
 
 
 def test_failed_batch_commit_undoes_the_whole_run(ledger):
@@ -412,6 +455,12 @@ def test_audit_runs_beside_an_open_ledger(forked):
     add_line(ledger, 2, Relay("relay-3"))
     assert audit_store(ledger.store.path, PARAMS).ok
     ledger.close()
+
+
+def test_the_audit_is_still_importable_from_the_ledger():
+    assert ledger_module.audit_store is audit_store and ledger_module.AuditReport is AuditReport
+    with pytest.raises(AttributeError):
+        ledger_module.no_such_name  # noqa: B018
 
 
 def test_audit_of_a_file_that_is_not_a_store(tmp_path):
