@@ -72,16 +72,18 @@ class BatchResult:
 class Ledger:
     """A node's chain (in memory) over its store (on disk), kept in step."""
 
-    def __init__(self, store: Store, chain: Chain, params: NetworkParams) -> None:
+    def __init__(self, store: Store, chain: Chain, params: NetworkParams,
+                 check_threads: int = CHECK_THREADS) -> None:
         self.store = store
         self.chain = chain
         self.params = params
         self.orphans = OrphanPool()
-        self._check_pool: ThreadPoolExecutor | None = None  # made on the first large batch
+        self.check_threads = check_threads  # below 2, every check runs inline
+        self._check_pool: ThreadPoolExecutor | None = None  # made on the first long run
 
     @classmethod
     def open(cls, data_dir: Path, params: NetworkParams, now_ms: int | None = None,
-             recheck: int = RECHECK_BLOCKS) -> Ledger:
+             recheck: int = RECHECK_BLOCKS, check_threads: int = CHECK_THREADS) -> Ledger:
         """Open the ledger in ``data_dir``: rebuild the chain, re-check its newest blocks.
 
         ``now_ms`` is not needed for the checks: a stored block passed the clock rule when
@@ -98,7 +100,7 @@ class Ledger:
         except BaseException:
             store.close()
             raise
-        return cls(store, chain, params)
+        return cls(store, chain, params, check_threads)
 
     def close(self) -> None:
         if self._check_pool is not None:
@@ -195,10 +197,10 @@ class Ledger:
         return BatchResult(updates, rejected, error)
 
     def _batch_checks(self, blocks: Sequence[Block], now_ms: int) -> BatchChecks | None:
-        if len(blocks) < MIN_THREADED_BATCH or CHECK_THREADS < 2:
+        if len(blocks) < MIN_THREADED_BATCH or self.check_threads < 2:
             return None
         if self._check_pool is None:
-            self._check_pool = ThreadPoolExecutor(CHECK_THREADS, thread_name_prefix="gridchain-check")
+            self._check_pool = ThreadPoolExecutor(self.check_threads, thread_name_prefix="gridchain-check")
         return BatchChecks(self._check_pool, blocks, self.chain.params, now_ms)
 
     def _connect_orphans(self, parents: Iterable[bytes], now_ms: int) -> list[LedgerUpdate]:
@@ -274,7 +276,7 @@ def _passes_check_block(blocks: Sequence[Block], params: NetworkParams, now_ms: 
     for block in blocks:
         try:
             rules.check_block(block, params, now_ms)
-        except Exception:  # noqa: BLE001 - whatever it was, Chain.add meets it again inline
+        except Exception:  # whatever it was, Chain.add meets it again inline and raises it there
             passed.append(False)
         else:
             passed.append(True)

@@ -206,9 +206,22 @@ def test_add_blocks_keeps_the_valid_prefix_and_names_the_bad_block(ledger):
 LONG_RUN = 40  # past MIN_THREADED_BATCH and over a CHECK_CHUNK boundary
 
 
-@pytest.mark.parametrize("threads", [1, 2], ids=["inline", "threaded"])
-def test_a_long_run_names_the_same_first_bad_block_either_way(ledger, monkeypatch, threads):
-    monkeypatch.setattr(ledger_module, "CHECK_THREADS", threads)
+@pytest.fixture(params=[1, 2], ids=["inline", "threaded"])
+def either_ledger(tmp_path, request):
+    led = Ledger.open(tmp_path, PARAMS, NOW_MS, check_threads=request.param)
+    yield led
+    led.close()
+
+
+@pytest.fixture
+def threaded_ledger(tmp_path):
+    led = Ledger.open(tmp_path, PARAMS, NOW_MS, check_threads=2)
+    yield led
+    led.close()
+
+
+def test_a_long_run_names_the_same_first_bad_block_either_way(either_ledger):
+    ledger = either_ledger
     blocks = _chain_of(ledger, LONG_RUN, Relay("relay-1"))
     # Both its root and its signature are wrong: the root is checked first, so it names the fault.
     bad = dataclasses.replace(blocks[35], miner_name="mallory", signature=bytes(64))
@@ -218,8 +231,8 @@ def test_a_long_run_names_the_same_first_bad_block_either_way(ledger, monkeypatc
     assert ledger.height == 35 and ledger.store.tip_hash() == blocks[34].hash
 
 
-def test_a_long_run_is_checked_in_threads_and_not_again_inline(ledger, monkeypatch):
-    monkeypatch.setattr(ledger_module, "CHECK_THREADS", 2)
+def test_a_long_run_is_checked_in_threads_and_not_again_inline(threaded_ledger, monkeypatch):
+    ledger = threaded_ledger
     blocks = _chain_of(ledger, LONG_RUN, Relay("relay-1"))
     threads, inline = [], []
     real = rules.check_block
@@ -232,8 +245,8 @@ def test_a_long_run_is_checked_in_threads_and_not_again_inline(ledger, monkeypat
     assert inline == []
 
 
-def test_a_known_block_with_a_bad_signature_is_a_duplicate_in_a_long_run(ledger, monkeypatch):
-    monkeypatch.setattr(ledger_module, "CHECK_THREADS", 2)
+def test_a_known_block_with_a_bad_signature_is_a_duplicate_in_a_long_run(threaded_ledger):
+    ledger = threaded_ledger
     blocks = _chain_of(ledger, LONG_RUN, Relay("relay-1"))
     ledger.add_blocks(blocks[:20], NOW_MS)
     resent = blocks[:5] + [dataclasses.replace(blocks[5], signature=bytes(64))] + blocks[6:]
@@ -460,7 +473,7 @@ def test_audit_runs_beside_an_open_ledger(forked):
 def test_the_audit_is_still_importable_from_the_ledger():
     assert ledger_module.audit_store is audit_store and ledger_module.AuditReport is AuditReport
     with pytest.raises(AttributeError):
-        ledger_module.no_such_name  # noqa: B018
+        ledger_module.no_such_name
 
 
 def test_audit_of_a_file_that_is_not_a_store(tmp_path):

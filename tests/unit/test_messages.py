@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from gridchain.consensus.block import Block, Capture, Header, Reading
 from gridchain.consensus.chain import MAX_LOCATOR_HASHES
+from gridchain.net import fields
 from gridchain.net import messages as m
 from gridchain.net.messages import (
     ALL_MESSAGES, CLIENT_REPLIES, CLIENT_REQUESTS, MAX_BLOCKS_PER_MESSAGE, MAX_HEADERS, MAX_LOCATOR,
@@ -344,6 +345,19 @@ def test_status_nesting_is_bounded():
     assert refused(["status", {"info": {"deep": deep}}]).detail.startswith("info.deep")
     shallow = [[["ok"]]]
     assert decode_message(["status", {"info": {"x": shallow}}]).info == {"x": shallow}
+
+
+def test_the_field_checks_names_stay_importable_from_messages():
+    assert m.MessageError is fields.MessageError
+    assert {m.BAD_SHAPE, m.UNKNOWN_TYPE, m.BAD_FIELD, m.TOO_MANY, m.BAD_BLOCK} == REASONS
+    assert m.READINGS_ROW_LENGTH == fields.READINGS_ROW_LENGTH == 15
+
+
+def test_locator_and_path_entries_are_named_by_index():
+    error = refused(["get_blocks", {"locator": [H, H, H, bytes(31)], "limit": 1}])
+    assert error.reason == "bad-field" and error.detail == "locator[3]: expected bin of 32 bytes, got bin of 31 bytes"
+    body = encode_message(example_of(m.ProofReply))[1]
+    assert refused(["proof_reply", {**body, "path": [H, "ab"]}]).detail.startswith("path[1]: expected bin of 32")
 
 
 # --- fuzzing: nothing but MessageError, ever -------------------------------------------------
