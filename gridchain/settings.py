@@ -150,6 +150,8 @@ NODE_SETTINGS: tuple[Setting, ...] = (
             flag="--member", metavar="HEXKEY"),
     Setting("max_inbound", _integer(0), 64, "inbound peer connections accepted at once", metavar="N"),
     Setting("ban_seconds", _number(0.0), 600.0, "how long a misbehaving peer's address stays banned", metavar="S"),
+    Setting("redial_max", _number(0.1), 30.0, "cap of the doubling redial delay for configured peers",
+            metavar="S"),
     Setting("mining_threads", _integer(1, 256), 1, "threads hashing one block", metavar="N"),
     Setting("log_format", _choice(FORMATS), "auto", "auto: JSON lines unless stdout is a terminal",
             metavar="{" + ",".join(FORMATS) + "}"),
@@ -233,7 +235,7 @@ def resolve_node_settings(flags: Mapping[str, object], env: Mapping[str, str]) -
         difficulty=values["difficulty"], capture_interval_s=values["capture_interval"], name=values["name"],
         min_peers=values["min_peers"], members=frozenset(values["members"]) or None,
         max_inbound=values["max_inbound"], ban_seconds=values["ban_seconds"],
-        mining_threads=values["mining_threads"],
+        mining_threads=values["mining_threads"], redial_max_s=values["redial_max"],
     )
     return NodeSettings(config, values["log_format"], values["log_level"])
 
