@@ -155,9 +155,10 @@ class Ledger:
         """Add a run of blocks (a sync answer) in ONE store transaction.
 
         Stops at the first block that breaks a rule: the blocks before it are kept and
-        committed, that block is returned as ``rejected`` with its ``error`` (an
-        "unknown-parent" one is worth pooling as an orphan). Raises StoreError if the
-        commit fails, with none of the run kept.
+        committed, that block is returned as ``rejected`` with its ``error``. An
+        "unknown-parent" one is pooled as an orphan here, before the pool is drained: its
+        parent may be an orphan this very run connects. Raises StoreError if the commit
+        fails, with none of the run kept.
 
         A long run's context-free checks run ahead in threads (see ``BatchChecks``); each
         block is still linked in order, and one that did not pass them is checked again
@@ -193,6 +194,8 @@ class Ledger:
         finally:
             if checks is not None:
                 checks.cancel()  # after a refused block, the checks of the rest are not needed
+        if error is not None and error.reason == "unknown-parent":
+            self.orphans.add(rejected, len(rejected.encode()))
         updates += self._connect_orphans(list(pending), now_ms)
         return BatchResult(updates, rejected, error)
 

@@ -119,6 +119,9 @@ class Node:
     def has_block(self, block_hash: bytes) -> bool:
         return block_hash in self.ledger.chain or self.ledger.orphans.has(block_hash)
 
+    def is_linked(self, block_hash: bytes) -> bool:
+        return block_hash in self.ledger.chain
+
     def locator(self) -> list[bytes]:
         return self.ledger.chain.locator()
 
@@ -162,7 +165,8 @@ class Node:
         if error is None:
             return ReceiveResult(accepted_blocks)
         if error.reason == "unknown-parent":
-            self.ledger.orphans.add(rejected, len(rejected.encode()))
+            if not via_sync:  # add_blocks pools a sync answer's orphan itself
+                self.ledger.orphans.add(rejected, len(rejected.encode()))
             return ReceiveResult(accepted_blocks, missing_parent=True)
         self.log.warning("block.rejected", reason=error.reason, detail=error.detail, peer=peer,
                          height=rejected.height, hash=short_hash(rejected.hash))

@@ -67,7 +67,8 @@ class ChainView(Protocol):
     genesis_hash: bytes
 
     def tip_info(self) -> tuple[int, bytes, int]: ...  # height, tip hash, cumulative work
-    def has_block(self, block_hash: bytes) -> bool: ...
+    def has_block(self, block_hash: bytes) -> bool: ...  # in the tree or held as an orphan
+    def is_linked(self, block_hash: bytes) -> bool: ...  # in the tree
     def locator(self) -> list[bytes]: ...
     def blocks_for_locator(self, locator: list[bytes], limit: int) -> tuple[list[Block], bool]: ...
     async def receive_blocks(self, blocks: list[Block], peer: str, via_sync: bool) -> ReceiveResult: ...
@@ -368,7 +369,9 @@ class Gossip:
         if peer is not self.sync_peer:
             return  # a late answer to a request we gave up on
         self.sync_deadline = time.monotonic() + SYNC_TIMEOUT_S
-        blocks = [b for b in message.blocks if not self.chain.has_block(b.hash)]
+        # An orphan we hold is sent on with the rest: the run links in order, so dropping it
+        # would leave every block after it parentless, and it, with no sender, stranded.
+        blocks = [b for b in message.blocks if not self.chain.is_linked(b.hash)]
         for block in message.blocks:
             peer.known.add(block.hash)
         # Blocks we already hold (a side branch) still move the sync on, as long as each

@@ -160,25 +160,33 @@ class Peer:
     # --- the connection's life -------------------------------------------------------------
     async def run(self) -> None:
         """Handshake, then read until the peer or the node closes; always reports the close."""
+        # Two plain tasks rather than a TaskGroup: on Python 3.11 a TaskGroup whose child dies
+        # of a reset leaves the parent task marked as cancelling, and a dialler that sees that
+        # flag cannot tell a reset from a shutdown. Here a cancel of run() is the only
+        # cancellation the caller ever sees.
+        sides = [asyncio.create_task(self._write_loop()), asyncio.create_task(self._read_side())]
         try:
-            async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self._write_loop())
-                tasks.create_task(self._read_side())
-        except* (ConnectionError, OSError):
-            self.close_reason = self.close_reason or "connection-lost"
-        except* Exception as group:
-            # A bug in handling one peer must not take the node down with it.
-            self.log.error("peer.internal_error", error=repr(group.exceptions[0]))
-            self.close_reason = "internal-error"
+            await asyncio.wait(sides, return_when=asyncio.FIRST_EXCEPTION)
         finally:
+            for side in sides:
+                side.cancel()
+            await asyncio.gather(*sides, return_exceptions=True)
+            self._note_failure(sides)
             self.writer.transport.abort()
             await self.handler.on_peer_closed(self, self.close_reason or "closed", self._ban)
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            # A reset landing in the same loop turn as a shutdown makes TaskGroup raise an
-            # ExceptionGroup that the except* above swallows along with the cancellation;
-            # re-raise it, or the dialler would redial through the node's shutdown.
-            raise asyncio.CancelledError
+
+    def _note_failure(self, sides: list[asyncio.Task]) -> None:
+        for side in sides:
+            if side.cancelled() or side.exception() is None:
+                continue
+            error = side.exception()
+            if isinstance(error, (ConnectionError, OSError)):
+                self.close_reason = self.close_reason or "connection-lost"
+            else:
+                # A bug in handling one peer must not take the node down with it.
+                self.log.error("peer.internal_error", error=repr(error))
+                self.close_reason = "internal-error"
+            return
 
     async def _read_side(self) -> None:
         keepalive: asyncio.Task | None = None
@@ -190,6 +198,8 @@ class Peer:
             await self._read_loop()
         except ProtocolViolation as exc:
             self._reject_and_close(exc)
+        except (ConnectionError, OSError):
+            self.close("connection-lost")  # a reset: named as such, not as a clean close
         finally:
             if keepalive is not None:
                 keepalive.cancel()

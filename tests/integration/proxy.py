@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import struct
 
 
 class FaultProxy:
@@ -23,9 +25,15 @@ class FaultProxy:
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
-    def cut(self) -> None:
+    def cut(self, reset: bool = False) -> None:
+        """Drop every link; with ``reset`` each end gets a TCP RST instead of a clean FIN."""
         self.cut_off = True
         for writer in list(self._writers):
+            sock = writer.get_extra_info("socket")
+            if reset and sock is not None:
+                # Linger on, timeout 0: close() sends RST, as a crashed middlebox would.
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             writer.transport.abort()
         self._writers.clear()
 

@@ -287,6 +287,18 @@ def test_orphans_go_through_a_batch_too(ledger):
     assert [u.result.entry.hash for u in batch.updates] == [parent.hash, child.hash]
 
 
+def test_a_runs_parentless_block_links_through_an_orphan_the_run_connects(ledger):
+    # The pool holds the child; a run brings its parent and then its grandchild, without
+    # the child (a sender that knew we held it). The grandchild is refused mid-run, yet
+    # the child the run connects is its parent: it must link too, not wait for ever.
+    parent, child, grandchild = _chain_of(ledger, 3, Relay("relay-1"))
+    ledger.orphans.add(child, len(child.encode()))
+    batch = ledger.add_blocks([parent, grandchild], NOW_MS)
+    assert batch.error is not None and batch.error.reason == "unknown-parent"
+    assert ledger.height == 3 and ledger.tip.hash == grandchild.hash
+    assert len(ledger.orphans) == 0
+
+
 # --- damage found on open --------------------------------------------------------------------
 
 def _flip(data: bytes, index: int) -> bytes:

@@ -1,0 +1,505 @@
+"""A cluster of real gridchaind processes on 127.0.0.1, fed by one relay in the test's process.
+
+Crash, partition and soak tests drive it: start N nodes (a full mesh, every link optionally
+through its own fault-injecting proxy), SIGKILL and restart any node, cut the links between
+groups of nodes and heal them, poll each node's status, sample each process's RSS, settle
+the network on one tip, and, once the nodes have stopped (or from a read-only snapshot
+while they run), read every block of every store and audit it.
+
+The relay (a real RelayServer) and the proxies run in the test's own event loop, so every
+wait here is asynchronous: a blocking ``Popen.wait`` would stall the traffic they carry.
+Keeping the relay in-process lets ``settle`` freeze its feed and release one more batch of
+readings, as the harness's ``settle`` does for in-process nodes.
+
+Nodes run ``python -m gridchain node`` with the CLI's defaults except ``--redial-max``
+(REDIAL_MAX_S): a healed link closes within that cap of the doubling redial backoff, not
+the default 30 s an operator's node waits at most.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gridchain.client import NodeClient, NodeUnavailable, RequestFailed
+from gridchain.config import Address
+from gridchain.consensus.block import Block
+from gridchain.consensus.params import NetworkParams
+from gridchain.ledger import AuditReport, audit_store
+from gridchain.relay.server import RelayServer
+from gridchain.store import DB_FILE
+
+from .harness import start_relay
+from .proxy import FaultProxy
+
+REPO = Path(__file__).resolve().parents[2]
+NETWORK = "cluster-net"
+STOP_TIMEOUT_S = 10.0  # SIGTERM to exit: the node's shutdown is bounded well inside this
+START_TIMEOUT_S = 15.0  # interpreter start and imports take ~0.5 s; 2 cores shared by 5 processes
+STATUS_TIMEOUT_S = 2.0  # a healthy node answers status in milliseconds
+POLL_S = 0.05
+EPHEMERAL_LOW = 32768  # Linux's default start of the ephemeral port range
+LISTEN_PORT_SPAN = 12000  # node ports are picked from this many ports below that range
+REDIAL_MAX_S = 2.0  # cap of each node's redial backoff: how long a healed link may stay down
+# Beyond two capture intervals, how long one tip must hold before the network counts as settled.
+QUIET_SLACK_S = 0.5
+
+Reading = tuple[str, int]  # (relay id, timestamp ms): what identifies a reading
+
+
+class LinkProxy(FaultProxy):
+    """A FaultProxy that can also drop: each forwarded chunk resets its connection with
+    probability ``drop_probability`` (the chunk and the rest of the stream are lost, as when a
+    flaky link dies). Bytes are never dropped from a live stream: that would be corruption."""
+
+    def __init__(self, target_port: int, delay_s: float = 0.0, drop_probability: float = 0.0,
+                 rng: random.Random | None = None) -> None:
+        super().__init__(target_port, delay_s)
+        self.drop_probability = drop_probability
+        self.rng = rng or random.Random()
+        self.drops = 0
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while not self.cut_off:
+            data = await reader.read(65536)
+            if not data:
+                break
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
+            if self.cut_off:
+                break
+            if self.drop_probability and self.rng.random() < self.drop_probability:
+                self.drops += 1
+                break
+            writer.write(data)
+            await writer.drain()
+        writer.transport.abort()
+
+    def set_faults(self, delay_s: float = 0.0, drop_probability: float = 0.0) -> None:
+        self.delay_s, self.drop_probability = delay_s, drop_probability
+
+
+@dataclass
+class NodeProc:
+    """One node's slot in the cluster: its port, data dir and current process (if running)."""
+
+    index: int
+    port: int
+    data_dir: Path
+    log_path: Path
+    dials: list[int]  # the ports it is configured to dial (peers directly, or their proxies)
+    proc: subprocess.Popen | None = None
+    starts: int = 0
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def store_path(self) -> Path:
+        return self.data_dir / DB_FILE
+
+
+@dataclass(frozen=True)
+class StoreSnapshot:
+    """Everything a store holds that the invariants are about, read in one transaction."""
+
+    tip: bytes
+    main: list[bytes]  # main-chain hashes by height, genesis first
+    main_readings: list[Reading]  # every reading on the main chain, in chain order
+    all_readings: set[Reading]  # every reading in any stored block, side branches included
+    blocks: int  # stored blocks, genesis included
+    hashes: set[bytes] = field(repr=False, default_factory=set)
+
+
+def read_store(path: Path) -> StoreSnapshot:
+    """A consistent read-only snapshot of the store at ``path`` (safe while its node runs)."""
+    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
+    try:
+        db.execute("BEGIN")
+        tip = db.execute("SELECT value FROM meta WHERE key = 'tip'").fetchone()[0]
+        main = [row[0] for row in db.execute("SELECT hash FROM main ORDER BY height")]
+        captures: dict[bytes, list[Reading]] = {}
+        for block_hash, raw in db.execute("SELECT hash, raw FROM blocks WHERE height > 0"):
+            capture = Block.decode(raw).capture
+            captures[block_hash] = [(capture.relay_id, r.timestamp_ms) for r in capture.readings]
+        db.execute("COMMIT")
+    finally:
+        db.close()
+    main_readings = [reading for block_hash in main[1:] for reading in captures[block_hash]]
+    every = {reading for readings in captures.values() for reading in readings}
+    return StoreSnapshot(tip, main, main_readings, every, len(captures) + 1, set(captures) | {main[0]})
+
+
+def listen_port() -> int:
+    """A free port below the kernel's ephemeral range, for a node that will be restarted.
+
+    A port from ``free_port`` is an ephemeral one: while its node is down, the kernel may
+    hand it to any outgoing connection (a redial, a proxy's upstream, a status poll) as its
+    source port, and the restart then fails with "address already in use".
+    """
+    low = EPHEMERAL_LOW
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    while True:
+        port = random.randrange(max(1024, low - LISTEN_PORT_SPAN), low)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+
+
+def rss_kb(pid: int) -> int | None:
+    """Resident set size of ``pid`` in kB (VmRSS), or None if it has gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def log_events(path: Path, names: Iterable[str] | None = None) -> list[dict]:
+    """The JSON log events in ``path`` (every start of the node appends), optionally by name."""
+    wanted = set(names) if names is not None else None
+    events = []
+    if not path.exists():
+        return events
+    for line in path.read_text(errors="replace").splitlines():
+        if not line.startswith("{"):
+            continue
+        with contextlib.suppress(json.JSONDecodeError):
+            event = json.loads(line)
+            if wanted is None or event.get("event") in wanted:
+                events.append(event)
+    return events
+
+
+async def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> float:
+    """Await an async or plain predicate until truthy; the seconds it took. Fails at ``timeout``."""
+    started = time.monotonic()
+    while True:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return time.monotonic() - started
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(POLL_S)
+
+
+class Cluster:
+    """``count`` nodes dialling each other and one relay, each a subprocess of this test."""
+
+    def __init__(self, root: Path, count: int, *, capture_interval_s: float = 0.2, relay_interval_s: float = 0.1,
+                 difficulty: int = 8, proxied: bool = False, network: str = NETWORK, seed: int = 7) -> None:
+        self.root = root
+        self.count = count
+        self.capture_interval_s = capture_interval_s
+        self.relay_interval_s = relay_interval_s
+        self.difficulty = difficulty
+        self.proxied = proxied
+        self.params = NetworkParams(network, difficulty)
+        self.seed = seed
+        self.relay: RelayServer | None = None
+        self.tie_breaks = 0  # batches of readings ``settle`` released to break equal-work ties
+        self.links: dict[tuple[int, int], LinkProxy] = {}  # (dialler, target) -> proxy
+        self.nodes: list[NodeProc] = []
+
+    # --- starting and stopping -------------------------------------------------------------
+    async def start(self) -> Cluster:
+        await self.start_relay()
+        ports = [listen_port() for _ in range(self.count)]
+        for i, port in enumerate(ports):
+            dials = []
+            for j, other in enumerate(ports):
+                if i == j:
+                    continue
+                if self.proxied:
+                    self.links[i, j] = await LinkProxy(other, rng=random.Random(self.seed * 1000 + i * 10 + j)).start()
+                    dials.append(self.links[i, j].port)
+                else:
+                    dials.append(other)
+            self.nodes.append(NodeProc(i, port, self.root / f"n{i}", self.root / f"n{i}.log", dials))
+        for i in range(self.count):
+            self.spawn(i)
+        for i in range(self.count):
+            await self.wait_ready(i)
+        return self
+
+    async def start_relay(self) -> None:
+        self.relay = await start_relay(self.relay_interval_s, self.seed)
+
+    @property
+    def relay_port(self) -> int:
+        return self.relay.port
+
+    @property
+    def relay_interval_ms(self) -> int:
+        return round(self.relay_interval_s * 1000)  # as start_relay makes its simulator
+
+    def node_args(self, node: NodeProc) -> list[str]:
+        args = ["--port", str(node.port), "--data-dir", str(node.data_dir), "--relay", f"127.0.0.1:{self.relay_port}",
+                "--network", self.params.name, "--difficulty", str(self.difficulty),
+                "--capture-interval", str(self.capture_interval_s), "--log-format", "json",
+                "--name", f"n{node.index}", "--redial-max", str(REDIAL_MAX_S)]
+        for port in node.dials:
+            args += ["--peer", f"127.0.0.1:{port}"]
+        return args
+
+    def spawn(self, i: int) -> subprocess.Popen:
+        node = self.nodes[i]
+        assert not node.running, f"node {i} is already running"
+        command = [sys.executable, "-m", "gridchain", "node", *self.node_args(node)]
+        with open(node.log_path, "ab") as log_file:  # the child keeps its own descriptor
+            node.proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO)
+        node.starts += 1
+        return node.proc
+
+    async def wait_ready(self, i: int, timeout: float = START_TIMEOUT_S) -> dict:
+        """Wait until node ``i`` answers status; fails early if its process exits."""
+        node = self.nodes[i]
+        info: dict | None = None
+
+        async def answered() -> bool:
+            nonlocal info
+            if not node.running:
+                last = node.log_path.read_text(errors="replace").splitlines()[-3:]
+                raise AssertionError(f"node {i} exited with {node.proc.returncode}; its log ends: {last}")
+            info = await self.status(i)
+            return info is not None
+
+        await wait_for(answered, timeout, f"node {i} to answer")
+        return info
+
+    async def restart(self, i: int) -> dict:
+        self.spawn(i)
+        return await self.wait_ready(i)
+
+    async def kill(self, i: int) -> None:
+        """SIGKILL node ``i``: no chance to flush, close or log anything."""
+        node = self.nodes[i]
+        if node.running:
+            node.proc.send_signal(signal.SIGKILL)
+            await wait_exit(node.proc, STOP_TIMEOUT_S)
+
+    async def stop(self, i: int) -> int:
+        """SIGTERM node ``i`` and wait; its exit status (0 for a clean stop)."""
+        return await terminate(self.nodes[i].proc)
+
+    async def close(self) -> dict[str, int | None]:
+        """Stop every node (SIGTERM), the relay and the proxies; exit status by name."""
+        codes: dict[str, int | None] = {}
+        for node in self.nodes:
+            if node.proc is not None:
+                codes[f"n{node.index}"] = await terminate(node.proc)
+        if self.relay is not None:
+            await self.relay.close()
+            self.relay = None
+        for proxy in self.links.values():
+            await proxy.close()
+        return codes
+
+    async def abort(self) -> None:
+        """Cleanup after a test, passed or failed: SIGKILL any node still running, close the
+        relay and the proxies."""
+        for node in self.nodes:
+            if node.running:
+                await self.kill(node.index)
+        if self.relay is not None:
+            await self.relay.close()
+            self.relay = None
+        for proxy in self.links.values():
+            await proxy.close()
+
+    # --- links ------------------------------------------------------------------------------
+    def partition(self, *groups: Iterable[int]) -> list[LinkProxy]:
+        """Cut every link between different groups (links inside a group stay up)."""
+        side = {i: g for g, members in enumerate(groups) for i in members}
+        cut = [proxy for (a, b), proxy in self.links.items() if side.get(a) != side.get(b)]
+        for proxy in cut:
+            proxy.cut()
+        return cut
+
+    def heal(self) -> None:
+        for proxy in self.links.values():
+            proxy.heal()
+            proxy.set_faults()
+
+    # --- observing --------------------------------------------------------------------------
+    async def status(self, i: int) -> dict | None:
+        try:
+            async with NodeClient(Address("127.0.0.1", self.nodes[i].port), timeout=STATUS_TIMEOUT_S) as client:
+                return await client.status()
+        except (NodeUnavailable, RequestFailed, OSError, TimeoutError):
+            return None
+
+    async def statuses(self, indexes: Iterable[int] | None = None) -> list[dict | None]:
+        indexes = range(self.count) if indexes is None else indexes
+        return list(await asyncio.gather(*(self.status(i) for i in indexes)))
+
+    async def converged(self, indexes: Iterable[int] | None = None) -> str | None:
+        """The tip every node reports at (nearly) one moment, or None if they differ."""
+        infos = await self.statuses(indexes)
+        tips = {info["tip"] if info else None for info in infos}
+        return tips.pop() if len(tips) == 1 and None not in tips else None
+
+    async def wait_converged(self, timeout: float, indexes: Iterable[int] | None = None) -> float:
+        """Seconds until the nodes report one tip; fails after ``timeout`` naming each tip."""
+        indexes = list(range(self.count) if indexes is None else indexes)
+        try:
+            return await wait_for(lambda: self.converged(indexes), timeout, "one tip everywhere")
+        except AssertionError:
+            infos = await self.statuses(indexes)
+            summary = [(i, info and (info["height"], info["tip"][:12], info["work"]))
+                       for i, info in zip(indexes, infos)]
+            raise AssertionError(f"no single tip after {timeout} s: {summary}") from None
+
+    async def settle(self, timeout: float) -> float:
+        """Freeze the relay's feed and wait until every node has reported one unchanging tip
+        for a while; the seconds it took.
+
+        "A while" is two capture intervals (and a bit): long enough for every node to have
+        fetched whatever the relay still held and mined what a reorg displaced. Equal-work
+        tips that stay apart as long are a tie that, as on a live network, only the next
+        block breaks: one more batch of readings is released (counted in ``tie_breaks``).
+        """
+        self.relay.pause()
+        quiet_s = 2 * self.capture_interval_s + QUIET_SLACK_S
+        started = time.monotonic()
+        agreed: tuple[str, float] | None = None  # (tip, since)
+        tied_since: float | None = None
+        while True:
+            infos = await self.statuses()
+            now = time.monotonic()
+            tips = {info["tip"] if info else None for info in infos}
+            if len(tips) == 1 and None not in tips:
+                tip = tips.pop()
+                agreed = agreed if agreed and agreed[0] == tip else (tip, now)
+                if now - agreed[1] >= quiet_s:
+                    return agreed[1] - started
+            else:
+                agreed = None
+            if now - started > timeout:
+                summary = [info and (info["height"], info["tip"][:12], info["work"]) for info in infos]
+                raise AssertionError(f"no single tip {timeout} s after freezing the relay: {summary}")
+            tied = agreed is None and all(infos) and len({info["work"] for info in infos}) == 1
+            tied_since = (tied_since or now) if tied else None
+            if tied_since is not None and now - tied_since >= quiet_s:
+                self.relay.tick()
+                self.tie_breaks += 1
+                tied_since = None
+            await asyncio.sleep(POLL_S)
+
+    def rss(self) -> dict[str, int | None]:
+        """VmRSS (kB) of every running node, by name."""
+        return {f"n{n.index}": rss_kb(n.proc.pid) if n.running else None for n in self.nodes}
+
+    def snapshot(self, i: int) -> StoreSnapshot:
+        return read_store(self.nodes[i].store_path)
+
+    def audit(self, i: int) -> AuditReport:
+        return audit_store(self.nodes[i].store_path, self.params)
+
+    def events(self, i: int, names: Iterable[str] | None = None) -> list[dict]:
+        return log_events(self.nodes[i].log_path, names)
+
+    async def next_event(self, i: int, names: Iterable[str], timeout: float) -> dict | None:
+        """The first event named one of ``names`` that node ``i`` logs from now on (None: none
+        within ``timeout``). Polls the log every few milliseconds, to strike while it happens."""
+        wanted = set(names)
+        path = self.nodes[i].log_path
+        offset = path.stat().st_size if path.exists() else 0
+        deadline = time.monotonic() + timeout
+        buffered = b""
+        while time.monotonic() < deadline:
+            with open(path, "rb") as handle:
+                handle.seek(offset)
+                chunk = handle.read()
+            offset += len(chunk)
+            *lines, buffered = (buffered + chunk).split(b"\n")
+            for line in lines:
+                with contextlib.suppress(json.JSONDecodeError, UnicodeDecodeError):
+                    event = json.loads(line)
+                    if isinstance(event, dict) and event.get("event") in wanted:
+                        return event
+            await asyncio.sleep(0.003)
+        return None
+
+
+def check_readings(snapshots: list[StoreSnapshot], interval_ms: int, final: bool) -> list[Reading]:
+    """Assert the reading invariants over the stores' snapshots; the first store's main readings.
+
+    For each store:
+    * its main chain holds no reading twice, and its readings of each relay are one gap-free
+      run of the relay's ticks (a gap would be a reading the relay served that no block kept);
+    * every reading in any block of ANY store, side branches included, is on its main chain
+      if it is not newer than that chain's newest reading of the relay. While the network
+      runs, newer ones may be waiting to be mined again after a reorg; with ``final`` there
+      is no such excuse: the stores must hold one main chain that has every reading.
+    """
+    if final:
+        assert all(s.main == snapshots[0].main for s in snapshots), "the stores hold different main chains"
+    ever = set().union(*(s.all_readings for s in snapshots))
+    for number, snapshot in enumerate(snapshots):
+        main = snapshot.main_readings
+        twice = len(main) - len(set(main))
+        assert not twice, f"store {number}: {twice} reading(s) twice on the main chain"
+        newest: dict[str, int] = {}
+        by_relay: dict[str, list[int]] = {}
+        for relay, at in main:
+            by_relay.setdefault(relay, []).append(at)
+            newest[relay] = max(at, newest.get(relay, at))
+        for relay, times in by_relay.items():
+            gaps = [(a, b) for a, b in zip(times, times[1:]) if b - a != interval_ms]
+            assert not gaps, f"store {number}: {relay}: the main chain skips relay readings between {gaps[:5]}"
+        missing = {r for r in ever - set(main) if final or r[1] <= newest.get(r[0], -1)}
+        assert not missing, (f"store {number}: {len(missing)} committed reading(s) missing from its main chain, "
+                             f"e.g. {sorted(missing)[:5]}")
+    return snapshots[0].main_readings
+
+
+def common_prefix(snapshots: list[StoreSnapshot]) -> int:
+    """How many main-chain blocks (genesis included) every store agrees on."""
+    shortest = min(len(s.main) for s in snapshots)
+    for height in range(shortest):
+        if len({s.main[height] for s in snapshots}) > 1:
+            return height
+    return shortest
+
+
+async def wait_exit(proc: subprocess.Popen, timeout: float) -> int | None:
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    return proc.poll()
+
+
+async def terminate(proc: subprocess.Popen | None) -> int | None:
+    """SIGTERM and wait up to STOP_TIMEOUT_S; a process that does not stop is killed and fails."""
+    if proc is None:
+        return None
+    if proc.poll() is not None:
+        return proc.returncode
+    proc.send_signal(signal.SIGTERM)
+    code = await wait_exit(proc, STOP_TIMEOUT_S)
+    if code is None:
+        proc.kill()
+        await wait_exit(proc, STOP_TIMEOUT_S)
+        raise AssertionError(f"pid {proc.pid} did not stop within {STOP_TIMEOUT_S} s of SIGTERM")
+    return code
