@@ -21,7 +21,7 @@ bench: $(STAMP)
 	$(PY) -m bench
 
 soak: $(STAMP)
-	$(PY) -m pytest -q -m soak -o addopts="" --timeout=1800
+	$(PY) -m pytest -q -s -m soak -o addopts="" --timeout=1800
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -19,6 +19,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from gridchain import node as node_module
+from gridchain.consensus.block import MAX_READINGS_PER_BLOCK
 from gridchain.relay.client import RelayClient
 from gridchain.relay.server import RelayServer
 from gridchain.relay.simulator import RelaySimulator
@@ -36,10 +37,10 @@ INTERVAL_MS = 100
 class ScriptedRelay:
     """A relay feed server in front of a real simulator whose answers a test can spoil or stop."""
 
-    def __init__(self) -> None:
-        self.clock_offset_s = 0.0
+    def __init__(self, clock_offset_s: float = 0.0) -> None:
+        self.clock_offset_s = clock_offset_s
         simulator = RelaySimulator(RELAY_ID, "Test Substation", INTERVAL_MS, 7,
-                                   start_ms=int(time.time() * 1000) - 2_000, fault_probability=0.0)
+                                   start_ms=int(self.clock() * 1000) - 2_000, fault_probability=0.0)
         self.real = RelayServer(simulator, "127.0.0.1", 0, INTERVAL_MS / 1000, clock=self.clock)
         self.mode = "good"
         self.port = 0
@@ -149,6 +150,38 @@ async def test_relay_down_for_a_while_then_caught_up_without_a_gap(tmp_path, rel
     assert len(relay_events(logs, "relay.unreachable")) == 1, "one event per outage, not per try"
     assert len(relay_events(logs, "relay.restored")) == 1
     assert relay_events(logs, "relay.restored")[0]["after"] == "unreachable"
+    assert_contiguous(stamps, newest)
+
+
+# A long outage, told in the relay's readings rather than waited out: the relay's clock starts
+# this far behind, and while it is down it jumps to the present, so it comes back holding
+# OUTAGE_S of readings the node never saw: more than one block's worth at INTERVAL_MS.
+OUTAGE_S = 30 * 60
+
+
+async def test_relay_down_for_half_an_hour_of_readings_then_caught_up_without_a_gap(tmp_path):
+    relay = await ScriptedRelay(clock_offset_s=-OUTAGE_S).start()
+    with capture_logs() as logs:
+        running = await start_node(node_config(tmp_path / "n", free_port(), relays=[relay.port], interval_s=0.2))
+        try:
+            await wait_until(lambda: running.height >= 2, 10, what="a few blocks")
+            await relay.stop()
+            watch = running.node.watches[0]
+            await wait_until(lambda: watch.client.failures >= 3, 10, what="the outage noticed")
+            relay.clock_offset_s = 0.0
+            newest = relay.newest_ms
+            missed = (newest - readings_ms(running)[-1]) // INTERVAL_MS
+            assert missed > MAX_READINGS_PER_BLOCK, "the backlog is more than one block's worth"
+            height = running.height
+            await relay.start()
+            await wait_until(lambda: readings_ms(running)[-1] >= newest, 30, what="catching up")
+            assert running.height >= height + 2, "the backlog went into more than one block"
+            stamps = readings_ms(running)
+        finally:
+            await running.shutdown()
+            await relay.stop()
+    assert len(relay_events(logs, "relay.unreachable")) == 1
+    assert len(relay_events(logs, "relay.restored")) == 1
     assert_contiguous(stamps, newest)
 
 

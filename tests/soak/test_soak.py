@@ -14,8 +14,8 @@ skipped, and no reading any block ever held is missing below a chain's newest. A
 the relay's feed is frozen, the nodes settle and stop cleanly, and the same checks run in
 full on the stopped stores.
 
-Nodes run the real CLI with its default 30 s redial cap, so a healed link can take up to that
-long to come back: HEAL_BOUND_S allows for it. Each node's RSS is sampled at the start, at
+Nodes run the real CLI with a redial cap of cluster.REDIAL_MAX_S, so a healed link comes
+back within a few seconds: HEAL_BOUND_S allows for it with room. Each node's RSS is sampled at the start, at
 every check and at the end; they are printed and written to soak-report.json in the test's
 tmp dir (and to GRIDCHAIN_SOAK_REPORT if set).
 """
