@@ -58,38 +58,6 @@ QUIET_SLACK_S = 0.5
 Reading = tuple[str, int]  # (relay id, timestamp ms): what identifies a reading
 
 
-class LinkProxy(FaultProxy):
-    """A FaultProxy that can also drop: each forwarded chunk resets its connection with
-    probability ``drop_probability`` (the chunk and the rest of the stream are lost, as when a
-    flaky link dies). Bytes are never dropped from a live stream: that would be corruption."""
-
-    def __init__(self, target_port: int, delay_s: float = 0.0, drop_probability: float = 0.0,
-                 rng: random.Random | None = None) -> None:
-        super().__init__(target_port, delay_s)
-        self.drop_probability = drop_probability
-        self.rng = rng or random.Random()
-        self.drops = 0
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while not self.cut_off:
-            data = await reader.read(65536)
-            if not data:
-                break
-            if self.delay_s:
-                await asyncio.sleep(self.delay_s)
-            if self.cut_off:
-                break
-            if self.drop_probability and self.rng.random() < self.drop_probability:
-                self.drops += 1
-                break
-            writer.write(data)
-            await writer.drain()
-        writer.transport.abort()
-
-    def set_faults(self, delay_s: float = 0.0, drop_probability: float = 0.0) -> None:
-        self.delay_s, self.drop_probability = delay_s, drop_probability
-
-
 @dataclass
 class NodeProc:
     """One node's slot in the cluster: its port, data dir and current process (if running)."""
@@ -218,7 +186,7 @@ class Cluster:
         self.seed = seed
         self.relay: RelayServer | None = None
         self.tie_breaks = 0  # batches of readings ``settle`` released to break equal-work ties
-        self.links: dict[tuple[int, int], LinkProxy] = {}  # (dialler, target) -> proxy
+        self.links: dict[tuple[int, int], FaultProxy] = {}  # (dialler, target) -> proxy
         self.nodes: list[NodeProc] = []
 
     # --- starting and stopping -------------------------------------------------------------
@@ -231,7 +199,7 @@ class Cluster:
                 if i == j:
                     continue
                 if self.proxied:
-                    self.links[i, j] = await LinkProxy(other, rng=random.Random(self.seed * 1000 + i * 10 + j)).start()
+                    self.links[i, j] = await FaultProxy(other, rng=random.Random(self.seed * 1000 + i * 10 + j)).start()
                     dials.append(self.links[i, j].port)
                 else:
                     dials.append(other)
@@ -328,7 +296,7 @@ class Cluster:
             await proxy.close()
 
     # --- links ------------------------------------------------------------------------------
-    def partition(self, *groups: Iterable[int]) -> list[LinkProxy]:
+    def partition(self, *groups: Iterable[int]) -> list[FaultProxy]:
         """Cut every link between different groups (links inside a group stay up)."""
         side = {i: g for g, members in enumerate(groups) for i in members}
         cut = [proxy for (a, b), proxy in self.links.items() if side.get(a) != side.get(b)]
@@ -339,7 +307,6 @@ class Cluster:
     def heal(self) -> None:
         for proxy in self.links.values():
             proxy.heal()
-            proxy.set_faults()
 
     # --- observing --------------------------------------------------------------------------
     async def status(self, i: int) -> dict | None:
@@ -405,6 +372,17 @@ class Cluster:
                 self.tie_breaks += 1
                 tied_since = None
             await asyncio.sleep(POLL_S)
+
+    async def close_and_check(self) -> tuple[list[StoreSnapshot], list[Reading]]:
+        """The end of every run: each node stops cleanly on SIGTERM, each store audits clean,
+        and the reading invariants hold in full; the snapshots and the main readings."""
+        codes = await self.close()
+        assert all(code == 0 for code in codes.values()), f"exit status after SIGTERM: {codes}"
+        snapshots = [self.snapshot(i) for i in range(self.count)]
+        for i in range(self.count):
+            report = self.audit(i)
+            assert report.ok, f"n{i} store audit: {report.problems[:5]} (+{report.omitted} more)"
+        return snapshots, check_readings(snapshots, self.relay_interval_ms, final=True)
 
     def rss(self) -> dict[str, int | None]:
         """VmRSS (kB) of every running node, by name."""

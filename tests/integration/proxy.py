@@ -1,20 +1,28 @@
-"""A fault-injecting TCP proxy for partition tests: forward, cut, delay, heal."""
+"""A fault-injecting TCP proxy for partition tests: forward, cut, delay, drop, heal."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import socket
 import struct
 
 
 class FaultProxy:
     """Listens on 127.0.0.1:<port> and forwards to a target; ``cut()`` drops every link
-    and refuses new ones until ``heal()``; ``delay_s`` holds each chunk back."""
+    and refuses new ones until ``heal()``; ``delay_s`` holds each chunk back; each chunk
+    resets its connection with probability ``drop_probability`` (the chunk and the rest of
+    the stream are lost, as when a flaky link dies). Bytes are never dropped from a live
+    stream: that would be corruption, not a network fault."""
 
-    def __init__(self, target_port: int, delay_s: float = 0.0) -> None:
+    def __init__(self, target_port: int, delay_s: float = 0.0, drop_probability: float = 0.0,
+                 rng: random.Random | None = None) -> None:
         self.target_port = target_port
         self.delay_s = delay_s
+        self.drop_probability = drop_probability
+        self.rng = rng or random.Random()
+        self.drops = 0  # connections reset by drop_probability
         self.cut_off = False
         self.port = 0
         self._server: asyncio.Server | None = None
@@ -38,7 +46,12 @@ class FaultProxy:
         self._writers.clear()
 
     def heal(self) -> None:
+        """Let links through again, with no delay or drops."""
         self.cut_off = False
+        self.set_faults()
+
+    def set_faults(self, delay_s: float = 0.0, drop_probability: float = 0.0) -> None:
+        self.delay_s, self.drop_probability = delay_s, drop_probability
 
     async def close(self) -> None:
         self.cut()
@@ -78,6 +91,9 @@ class FaultProxy:
             if self.delay_s:
                 await asyncio.sleep(self.delay_s)
             if self.cut_off:
+                break
+            if self.drop_probability and self.rng.random() < self.drop_probability:
+                self.drops += 1
                 break
             writer.write(data)
             await writer.drain()

@@ -15,7 +15,7 @@ import os
 import random
 import time
 
-from .cluster import Cluster, check_readings, wait_for
+from .cluster import Cluster, wait_for
 
 NODES = 4
 CAPTURE_INTERVAL_S = 0.2
@@ -59,13 +59,7 @@ async def test_splits_heal_to_one_tip_without_losing_or_duplicating_readings(tmp
 
         took = await cluster.settle(HEAL_BOUND_S)
         print(f"one tip {took:.2f} s after freezing the relay ({cluster.tie_breaks} equal-work tie(s) broken)")
-        codes = await cluster.close()
-        assert all(code == 0 for code in codes.values()), f"exit status after SIGTERM: {codes}"
-        snapshots = [cluster.snapshot(i) for i in range(NODES)]
-        for i in range(NODES):
-            report = cluster.audit(i)
-            assert report.ok, f"n{i} store audit: {report.problems[:5]}"
-        readings = check_readings(snapshots, cluster.relay_interval_ms, final=True)
+        snapshots, readings = await cluster.close_and_check()
         side_blocks = max(s.blocks for s in snapshots) - len(snapshots[0].main)
         print(f"final height {len(snapshots[0].main) - 1}, {len(readings)} readings, "
               f"{side_blocks} blocks off the main chain in the biggest store")

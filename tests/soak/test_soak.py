@@ -85,13 +85,7 @@ async def test_soak_kills_restarts_partitions(tmp_path):
         rss.append(await _rss_sample(cluster, started, "end"))
         await _check_live(cluster)
         settled = await cluster.settle(HEAL_BOUND_S)
-        codes = await cluster.close()
-        assert all(code == 0 for code in codes.values()), f"exit status after SIGTERM: {codes}"
-        snapshots = [cluster.snapshot(i) for i in range(NODES)]
-        for i in range(NODES):
-            report = cluster.audit(i)
-            assert report.ok, f"n{i} store audit: {report.problems[:5]}"
-        readings = check_readings(snapshots, cluster.relay_interval_ms, final=True)
+        snapshots, readings = await cluster.close_and_check()
         summary = {
             "soak_seconds": SOAK_SECONDS, "seed": seed, "starts": [n.starts for n in cluster.nodes],
             "one_tip_after_episode_s": {kind: {"count": len(times), "median": round(statistics.median(times), 2),
