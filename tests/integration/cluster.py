@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import random
 import signal
 import socket
@@ -128,6 +129,13 @@ def listen_port() -> int:
             except OSError:
                 continue
             return port
+
+
+def schedule_seed(variable: str) -> int:
+    """A random run's seed: from ``variable`` if set (to replay a run), else a fresh one; printed."""
+    seed = int(os.environ.get(variable, time.time_ns() % 1_000_000))
+    print(f"seed {seed} ({variable}={seed} replays this run's schedule)")
+    return seed
 
 
 def rss_kb(pid: int) -> int | None:

@@ -16,12 +16,10 @@ on SIGTERM, and the stores must show that nothing was lost:
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import time
 from collections import Counter
 
-from .cluster import Cluster, wait_for
+from .cluster import Cluster, schedule_seed, wait_for
 
 NODES = 4
 CRASH_ROUNDS = 20  # the issue asks for at least 20
@@ -37,9 +35,8 @@ SETTLE_S = 1.5
 
 
 async def test_sigkill_rounds_lose_no_committed_block_or_reading(tmp_path):
-    seed = int(os.environ.get("GRIDCHAIN_CRASH_SEED", time.time_ns() % 1_000_000))
+    seed = schedule_seed("GRIDCHAIN_CRASH_SEED")
     rng = random.Random(seed)
-    print(f"crash rounds seed {seed} (GRIDCHAIN_CRASH_SEED={seed} replays the schedule)")
     cluster = Cluster(tmp_path, NODES, capture_interval_s=CAPTURE_INTERVAL_S, relay_interval_s=RELAY_INTERVAL_S,
                       difficulty=DIFFICULTY, seed=seed % 1000)
     try:

@@ -14,7 +14,7 @@ from pathlib import Path
 from gridchain.client import NodeClient, NodeUnavailable
 from gridchain.config import Address
 
-from .harness import free_port, start_relay, wait_until
+from .harness import free_port, start_relay
 
 STOP_TIMEOUT_S = 5.0  # the bound for a clean stop
 

@@ -11,11 +11,10 @@ relay's ticks, and every reading any side ever put in a block is on it.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import time
 
-from .cluster import Cluster, wait_for
+from .cluster import Cluster, schedule_seed, wait_for
 
 NODES = 4
 CAPTURE_INTERVAL_S = 0.2
@@ -31,9 +30,8 @@ FLAKY_DROP = 0.03  # chance per forwarded chunk that its connection is reset
 
 
 async def test_splits_heal_to_one_tip_without_losing_or_duplicating_readings(tmp_path):
-    seed = int(os.environ.get("GRIDCHAIN_PARTITION_SEED", time.time_ns() % 1_000_000))
+    seed = schedule_seed("GRIDCHAIN_PARTITION_SEED")
     rng = random.Random(seed)
-    print(f"partition seed {seed}")
     cluster = Cluster(tmp_path, NODES, capture_interval_s=CAPTURE_INTERVAL_S, relay_interval_s=RELAY_INTERVAL_S,
                       difficulty=DIFFICULTY, proxied=True, seed=seed % 1000)
     heal_times: dict[str, float] = {}

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from ..integration.cluster import Cluster, check_readings, common_prefix
+from ..integration.cluster import Cluster, check_readings, common_prefix, schedule_seed
 
 SOAK_SECONDS = float(os.environ.get("GRIDCHAIN_SOAK_SECONDS", "600"))
 NODES = 4
@@ -54,9 +54,9 @@ LONG_LIVED = 0  # never killed: its RSS spans the whole soak
 @pytest.mark.soak
 @pytest.mark.timeout(SOAK_SECONDS + 900)
 async def test_soak_kills_restarts_partitions(tmp_path):
-    seed = int(os.environ.get("GRIDCHAIN_SOAK_SEED", time.time_ns() % 1_000_000))
+    print(f"soak {SOAK_SECONDS:.0f} s")
+    seed = schedule_seed("GRIDCHAIN_SOAK_SEED")
     rng = random.Random(seed)
-    print(f"soak {SOAK_SECONDS:.0f} s, seed {seed} (GRIDCHAIN_SOAK_SEED replays the schedule)")
     cluster = Cluster(tmp_path, NODES, capture_interval_s=CAPTURE_INTERVAL_S, relay_interval_s=RELAY_INTERVAL_S,
                       difficulty=DIFFICULTY, proxied=True, seed=seed % 1000)
     rss: list[dict] = []
