@@ -147,8 +147,15 @@ class Ledger:
 
     def add_block_with_orphans(self, block: Block, now_ms: int, encoded_size: int | None = None
                                ) -> list[LedgerUpdate]:
-        """``add_block``, then every pooled orphan that now connects (children first-come)."""
-        updates = [self.add_block(block, now_ms, encoded_size)]
+        """``add_block``, then every pooled orphan that now connects (children first-come).
+
+        A block whose parent is unknown is pooled as an orphan before its RuleViolation is raised.
+        """
+        try:
+            updates = [self.add_block(block, now_ms, encoded_size)]
+        except RuleViolation as exc:
+            self._pool_if_orphan(block, exc)
+            raise
         return updates + self._connect_orphans([block.hash], now_ms)
 
     def add_blocks(self, blocks: Sequence[Block], now_ms: int) -> BatchResult:
@@ -156,8 +163,8 @@ class Ledger:
 
         Stops at the first block that breaks a rule: the blocks before it are kept and
         committed, that block is returned as ``rejected`` with its ``error``. An
-        "unknown-parent" one is pooled as an orphan here, before the pool is drained: its
-        parent may be an orphan this very run connects. Raises StoreError if the commit
+        "unknown-parent" one is pooled as an orphan before the pool is drained: its parent
+        may be an orphan this very run connects. Raises StoreError if the commit
         fails, with none of the run kept.
 
         A long run's context-free checks run ahead in threads (see ``BatchChecks``); each
@@ -194,10 +201,14 @@ class Ledger:
         finally:
             if checks is not None:
                 checks.cancel()  # after a refused block, the checks of the rest are not needed
-        if error is not None and error.reason == "unknown-parent":
-            self.orphans.add(rejected, len(rejected.encode()))
+        if error is not None:
+            self._pool_if_orphan(rejected, error)
         updates += self._connect_orphans(list(pending), now_ms)
         return BatchResult(updates, rejected, error)
+
+    def _pool_if_orphan(self, block: Block, error: RuleViolation) -> None:
+        if error.reason == "unknown-parent":
+            self.orphans.add(block, len(block.encode()))
 
     def _batch_checks(self, blocks: Sequence[Block], now_ms: int) -> BatchChecks | None:
         if len(blocks) < MIN_THREADED_BATCH or self.check_threads < 2:

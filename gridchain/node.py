@@ -164,9 +164,7 @@ class Node:
                                 for u in accepted)
         if error is None:
             return ReceiveResult(accepted_blocks)
-        if error.reason == "unknown-parent":
-            if not via_sync:  # add_blocks pools a sync answer's orphan itself
-                self.ledger.orphans.add(rejected, len(rejected.encode()))
+        if error.reason == "unknown-parent":  # the ledger holds it as an orphan
             return ReceiveResult(accepted_blocks, missing_parent=True)
         self.log.warning("block.rejected", reason=error.reason, detail=error.detail, peer=peer,
                          height=rejected.height, hash=short_hash(rejected.hash))

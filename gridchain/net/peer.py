@@ -176,17 +176,15 @@ class Peer:
             await self.handler.on_peer_closed(self, self.close_reason or "closed", self._ban)
 
     def _note_failure(self, sides: list[asyncio.Task]) -> None:
-        for side in sides:
-            if side.cancelled() or side.exception() is None:
-                continue
-            error = side.exception()
-            if isinstance(error, (ConnectionError, OSError)):
-                self.close_reason = self.close_reason or "connection-lost"
-            else:
-                # A bug in handling one peer must not take the node down with it.
-                self.log.error("peer.internal_error", error=repr(error))
-                self.close_reason = "internal-error"
+        errors = [side.exception() for side in sides if not side.cancelled() and side.exception()]
+        if not errors:
             return
+        if isinstance(errors[0], (ConnectionError, OSError)):
+            self.close_reason = self.close_reason or "connection-lost"
+        else:
+            # A bug in handling one peer must not take the node down with it.
+            self.log.error("peer.internal_error", error=repr(errors[0]))
+            self.close_reason = "internal-error"
 
     async def _read_side(self) -> None:
         keepalive: asyncio.Task | None = None

@@ -29,7 +29,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,7 +41,7 @@ from gridchain.ledger import AuditReport, audit_store
 from gridchain.relay.server import RelayServer
 from gridchain.store import DB_FILE
 
-from .harness import start_relay
+from .harness import start_relay, wait_until
 from .proxy import FaultProxy
 
 REPO = Path(__file__).resolve().parents[2]
@@ -165,20 +165,6 @@ def log_events(path: Path, names: Iterable[str] | None = None) -> list[dict]:
     return events
 
 
-async def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> float:
-    """Await an async or plain predicate until truthy; the seconds it took. Fails at ``timeout``."""
-    started = time.monotonic()
-    while True:
-        result = predicate()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return time.monotonic() - started
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(POLL_S)
-
-
 class Cluster:
     """``count`` nodes dialling each other and one relay, each a subprocess of this test."""
 
@@ -260,7 +246,7 @@ class Cluster:
             info = await self.status(i)
             return info is not None
 
-        await wait_for(answered, timeout, f"node {i} to answer")
+        await wait_until(answered, timeout, POLL_S, what=f"node {i} to answer")
         return info
 
     async def restart(self, i: int) -> dict:
@@ -274,21 +260,13 @@ class Cluster:
             node.proc.send_signal(signal.SIGKILL)
             await wait_exit(node.proc, STOP_TIMEOUT_S)
 
-    async def stop(self, i: int) -> int:
-        """SIGTERM node ``i`` and wait; its exit status (0 for a clean stop)."""
-        return await terminate(self.nodes[i].proc)
-
     async def close(self) -> dict[str, int | None]:
         """Stop every node (SIGTERM), the relay and the proxies; exit status by name."""
         codes: dict[str, int | None] = {}
         for node in self.nodes:
             if node.proc is not None:
                 codes[f"n{node.index}"] = await terminate(node.proc)
-        if self.relay is not None:
-            await self.relay.close()
-            self.relay = None
-        for proxy in self.links.values():
-            await proxy.close()
+        await self._close_relay_and_links()
         return codes
 
     async def abort(self) -> None:
@@ -297,6 +275,9 @@ class Cluster:
         for node in self.nodes:
             if node.running:
                 await self.kill(node.index)
+        await self._close_relay_and_links()
+
+    async def _close_relay_and_links(self) -> None:
         if self.relay is not None:
             await self.relay.close()
             self.relay = None
@@ -338,7 +319,7 @@ class Cluster:
         """Seconds until the nodes report one tip; fails after ``timeout`` naming each tip."""
         indexes = list(range(self.count) if indexes is None else indexes)
         try:
-            return await wait_for(lambda: self.converged(indexes), timeout, "one tip everywhere")
+            return await wait_until(lambda: self.converged(indexes), timeout, POLL_S, what="one tip everywhere")
         except AssertionError:
             infos = await self.statuses(indexes)
             summary = [(i, info and (info["height"], info["tip"][:12], info["work"]))

@@ -23,12 +23,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.02,
-                     what: str = "condition") -> None:
-    """Poll ``predicate`` until it holds; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
+async def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02,
+                     what: str = "condition") -> float:
+    """Poll ``predicate`` (plain or async) until it holds; the seconds it took. Fails the
+    test after ``timeout`` seconds."""
+    started = time.monotonic()
+    while True:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return time.monotonic() - started
+        if time.monotonic() - started > timeout:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(interval)
 

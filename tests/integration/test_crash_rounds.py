@@ -19,7 +19,8 @@ import asyncio
 import random
 from collections import Counter
 
-from .cluster import Cluster, schedule_seed, wait_for
+from .cluster import Cluster, schedule_seed
+from .harness import wait_until
 
 NODES = 4
 CRASH_ROUNDS = 20  # the issue asks for at least 20
@@ -41,7 +42,7 @@ async def test_sigkill_rounds_lose_no_committed_block_or_reading(tmp_path):
                       difficulty=DIFFICULTY, seed=seed % 1000)
     try:
         await cluster.start()
-        await wait_for(lambda: _min_height(cluster, 3), 20, "height 3 everywhere")
+        await wait_until(lambda: _min_height(cluster, 3), 20, what="height 3 everywhere")
         kills = []
         for round_no in range(CRASH_ROUNDS):
             victims, moment = _choose(rng)

@@ -14,7 +14,8 @@ import asyncio
 import random
 import time
 
-from .cluster import Cluster, schedule_seed, wait_for
+from .cluster import Cluster, schedule_seed
+from .harness import wait_until
 
 NODES = 4
 CAPTURE_INTERVAL_S = 0.2
@@ -37,7 +38,7 @@ async def test_splits_heal_to_one_tip_without_losing_or_duplicating_readings(tmp
     heal_times: dict[str, float] = {}
     try:
         await cluster.start()
-        await wait_for(lambda: _all_peered(cluster), 15, "a full mesh")
+        await wait_until(lambda: _all_peered(cluster), 15, what="a full mesh")
         await cluster.wait_converged(10)
         lonely = rng.randrange(NODES)
         splits = {"2|2": ({0, 1}, {2, 3}), "1|3": ({lonely}, set(range(NODES)) - {lonely})}

@@ -7,8 +7,6 @@ good, so a partition never healed.
 
 from __future__ import annotations
 
-import pytest
-
 from .harness import free_port, node_config, start_node, wait_until
 from .proxy import FaultProxy
 
@@ -19,7 +17,6 @@ def linked(running) -> bool:
     return any(peer.state == "ready" for peer in running.node.gossip.peers.values())
 
 
-@pytest.mark.asyncio
 async def test_dialler_survives_repeated_resets(tmp_path):
     listener = await start_node(node_config(tmp_path / "a", free_port()))
     proxy = await FaultProxy(listener.config.port).start()
