@@ -36,7 +36,7 @@ from bench.nodes import (
     print_rows, row, spread, statuses, sync_seconds, wait_all, wait_status, workdir,
 )
 from gridchain.config import DEFAULT_DIFFICULTY
-from gridchain.store import DB_FILE
+from gridchain.ledger.store import DB_FILE
 
 RESULTS = Path(__file__).with_name("results_node.json")
 NODES = 4  # the prototype's network

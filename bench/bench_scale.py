@@ -39,8 +39,8 @@ from bench.nodes import (
     workdir,
 )
 from gridchain.consensus.params import NetworkParams
-from gridchain.keys import NodeKey
-from gridchain.ledger import Ledger
+from gridchain.identity.keys import NodeKey
+from gridchain.ledger.ledger import Ledger
 
 RESULTS = Path(__file__).with_name("results_scale.json")
 READY_S = 60.0  # four nodes opening a 100,000-block store on two cores take a few seconds

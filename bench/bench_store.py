@@ -28,9 +28,9 @@ from gridchain.consensus.block import BLOCK_VERSION, Block, Capture, Header, Rea
 from gridchain.consensus.genesis import GENESIS_TIME_MS, make_genesis
 from gridchain.consensus.merkle import payload_root
 from gridchain.consensus.params import NetworkParams
-from gridchain.keys import NodeKey
-from gridchain.ledger import Ledger
-from gridchain.store import DB_FILE, MainChange, Store
+from gridchain.identity.keys import NodeKey
+from gridchain.ledger.ledger import Ledger
+from gridchain.ledger.store import DB_FILE, MainChange, Store
 
 PARAMS = NetworkParams("bench-store", 1)  # proof of work is checked, but costs nothing to make
 READINGS_PER_BLOCK = 6
@@ -142,7 +142,7 @@ def rss():
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS"))
 from gridchain.consensus.params import NetworkParams
-from gridchain.ledger import Ledger
+from gridchain.ledger.ledger import Ledger
 params = NetworkParams(sys.argv[2], int(sys.argv[3]))
 before = rss()
 start = time.perf_counter()

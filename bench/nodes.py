@@ -30,15 +30,15 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from gridchain.client import NodeClient, NodeUnavailable, RequestFailed
+from gridchain.api.client import NodeClient, NodeUnavailable, RequestFailed
 from gridchain.config import Address
 from gridchain.consensus import pow
 from gridchain.consensus.block import BLOCK_VERSION, Block, Capture, Header, Reading
 from gridchain.consensus.merkle import payload_root
 from gridchain.consensus.params import NetworkParams
-from gridchain.keys import NodeKey
-from gridchain.ledger import Ledger
-from gridchain.store import DB_FILE
+from gridchain.identity.keys import NodeKey
+from gridchain.ledger.ledger import Ledger
+from gridchain.ledger.store import DB_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 # The bound for a clean stop; past it a process is killed (and that is reported).

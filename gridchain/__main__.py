@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from .cli import client_main, node_main, relay_main
+from gridchain.cli.main import client_main, node_main, relay_main
 
 PROGRAMS = {"node": node_main, "relay": relay_main, "client": client_main}
 

@@ -22,10 +22,10 @@ import itertools
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from . import pow
-from .block import Block, Capture, Header, Reading, short_hash
-from .params import NetworkParams
-from .rules import RuleViolation, check_block, check_context, check_encoded_size
+from gridchain.consensus import pow
+from gridchain.consensus.block import Block, Capture, Header, Reading, short_hash
+from gridchain.consensus.params import NetworkParams
+from gridchain.consensus.rules import RuleViolation, check_block, check_context, check_encoded_size
 
 # A block locator lists the newest 10 blocks one by one, then doubles the step back to
 # genesis; 64 hashes reach back 2**54 blocks, far past any real chain.

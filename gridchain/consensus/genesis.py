@@ -7,8 +7,8 @@ rules apply from height 1 on.
 
 from __future__ import annotations
 
-from .block import BLOCK_VERSION_GENESIS, SIGNATURE_SIZE, ZERO_HASH, Block, Capture, Header
-from .merkle import payload_root
+from gridchain.consensus.block import BLOCK_VERSION_GENESIS, SIGNATURE_SIZE, ZERO_HASH, Block, Capture, Header
+from gridchain.consensus.merkle import payload_root
 
 GENESIS_TIME_MS = 1_632_812_478_000  # 2021-09-28 07:01:18 UTC, the prototype's first capture
 GENESIS_MINER_NAME = "genesis"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import struct
 
-from .block import Capture
+from gridchain.consensus.block import Capture
 
 LEAF_PREFIX = b"\x00"
 NODE_PREFIX = b"\x01"

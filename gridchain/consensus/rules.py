@@ -20,13 +20,13 @@ from __future__ import annotations
 
 from math import isfinite
 
-from . import pow
-from .block import (
+from gridchain.consensus import pow
+from gridchain.consensus.block import (
     BLOCK_VERSION, MAX_BLOCK_BYTES, MAX_READINGS_PER_BLOCK, MAX_TEXT_BYTES, Block, Capture, Header,
 )
-from .merkle import payload_root
-from .params import NetworkParams
-from .signing import verify_signature
+from gridchain.consensus.merkle import payload_root
+from gridchain.consensus.params import NetworkParams
+from gridchain.consensus.signing import verify_signature
 
 # Readings and the openings counter are packed as signed/unsigned 64-bit integers.
 MAX_TIMESTAMP_MS = 2**63 - 1

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .block import BLOCK_VERSION, Block, Capture, Header
-from .chain import ChainEntry, median_time_ms
-from .merkle import payload_root
-from .params import NetworkParams
+from gridchain.consensus.block import BLOCK_VERSION, Block, Capture, Header
+from gridchain.consensus.chain import ChainEntry, median_time_ms
+from gridchain.consensus.merkle import payload_root
+from gridchain.consensus.params import NetworkParams
 
 
 def block_template(parent: ChainEntry, capture: Capture, miner_name: str, miner_key: bytes,

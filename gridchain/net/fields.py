@@ -13,7 +13,7 @@ comparisons with no reflection. gridchain.net.messages builds the messages from 
 
 from __future__ import annotations
 
-from ..consensus.block import HASH_SIZE, KEY_SIZE, MAX_READINGS_PER_BLOCK, MAX_TEXT_BYTES, Block, BlockDecodeError
+from gridchain.consensus.block import HASH_SIZE, KEY_SIZE, MAX_READINGS_PER_BLOCK, MAX_TEXT_BYTES, Block, BlockDecodeError
 
 MAX_U16 = 2**16 - 1
 MAX_U32 = 2**32 - 1

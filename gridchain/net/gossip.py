@@ -16,14 +16,14 @@ from typing import Protocol
 
 import structlog
 
-from ..config import Address
-from ..consensus.block import Block, short_hash
-from ..wire import MAX_FRAME_BYTES, FrameDecoder, FrameError, encode_frame
-from .messages import (
+from gridchain.config import Address
+from gridchain.consensus.block import Block, short_hash
+from gridchain.wire.frames import MAX_FRAME_BYTES, FrameDecoder, FrameError, encode_frame
+from gridchain.net.messages import (
     CLIENT_REQUESTS, MAX_BLOCKS_PER_MESSAGE, MAX_LOCATOR, PROTOCOL_VERSION, BlockMessage, Blocks, GetBlocks,
     Hello, Ping, Pong, Reject, Tip, encode_message,
 )
-from .peer import HANDSHAKE_TIMEOUT_S, READ_CHUNK, Peer, ProtocolViolation
+from gridchain.net.peer import HANDSHAKE_TIMEOUT_S, READ_CHUNK, Peer, ProtocolViolation
 
 log = structlog.get_logger()
 

@@ -1,6 +1,6 @@
 """Peer and operator messages: one frozen dataclass per type, with strict decoding. Pure.
 
-A message travels in one frame (gridchain.wire) as the msgpack array ``[type, body]``: the
+A message travels in one frame (gridchain.wire.frames) as the msgpack array ``[type, body]``: the
 type a str, the body a map with str keys. ``encode_message`` builds that array from a
 dataclass; ``decode_message`` turns a decoded frame back into one and trusts nothing. Every
 field must be present with its exact msgpack type (bool is not int, float is not int, nil
@@ -19,11 +19,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..consensus.block import (
+from gridchain.consensus.block import (
     HEADER_SIZE, KEY_SIZE, MAX_READINGS_PER_BLOCK, MAX_TEXT_BYTES, READING_SIZE, Block,
 )
 # MessageError, its reasons, the value ranges and READINGS_ROW_LENGTH are this module's API too.
-from .fields import (
+from gridchain.net.fields import (
     BAD_BLOCK, BAD_FIELD, BAD_SHAPE, I64_MAX, I64_MIN, MAX_HEIGHT, MAX_U16, MAX_U32, MAX_U64, MISSING,
     READINGS_ROW_LENGTH, TOO_MANY, UNKNOWN_TYPE, MessageError, bin_field, block_field, bool_field, check_plain,
     cursor_field, describe, event_fields, hash_list, header_row, int_field, list_field, optional_hash,

@@ -18,8 +18,8 @@ from typing import Any, Protocol
 
 import structlog
 
-from ..wire import MAX_FRAME_BYTES, FrameDecoder, FrameError, encode_frame
-from .messages import Hello, MessageError, Ping, Reject, decode_message, encode_message
+from gridchain.wire.frames import MAX_FRAME_BYTES, FrameDecoder, FrameError, encode_frame
+from gridchain.net.messages import Hello, MessageError, Ping, Reject, decode_message, encode_message
 
 log = structlog.get_logger()
 

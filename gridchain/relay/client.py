@@ -27,8 +27,8 @@ from gridchain.relay.feed import (
     MAX_READINGS_PER_READ, FeedError, InfoRequest, InfoResponse, ReadRequest, parse_info_response,
     parse_readings_response,
 )
-from gridchain.streams import ConnectionClosed, close_writer, read_frame, write_frame
-from gridchain.wire import BAD_MSGPACK, EMPTY_FRAME, FRAME_TOO_LARGE, MAX_FRAME_BYTES, FrameError
+from gridchain.wire.streams import ConnectionClosed, close_writer, read_frame, write_frame
+from gridchain.wire.frames import BAD_MSGPACK, EMPTY_FRAME, FRAME_TOO_LARGE, MAX_FRAME_BYTES, FrameError
 
 CONNECT_TIMEOUT_S = 2.0  # a relay on the substation LAN answers a SYN in milliseconds
 REQUEST_TIMEOUT_S = 2.0  # even a full 10,000-reading answer (~1 MB) is far quicker

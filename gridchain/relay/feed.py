@@ -1,6 +1,6 @@
 """The relay feed's messages: what a node asks the relay and what the relay answers. Pure.
 
-Every message is a msgpack map with a ``"type"`` key, carried one per frame (gridchain.wire).
+Every message is a msgpack map with a ``"type"`` key, carried one per frame (gridchain.wire.frames).
 Requests:   ``read`` (readings newer than ``since_ms``, at most ``limit``) and ``info``.
 Responses:  ``readings``, ``info`` and ``error``. docs/protocol.md has the byte-level detail.
 

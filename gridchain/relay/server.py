@@ -23,8 +23,8 @@ from gridchain.relay.feed import (
     decode_request,
 )
 from gridchain.relay.simulator import RelaySimulator
-from gridchain.streams import ConnectionClosed, close_writer, read_frame, write_frame
-from gridchain.wire import FrameError
+from gridchain.wire.streams import ConnectionClosed, close_writer, read_frame, write_frame
+from gridchain.wire.frames import FrameError
 
 DEFAULT_PORT = 5010  # the prototype's relay port
 MIN_INTERVAL_S = 0.1  # finer ticks would only burn CPU; timestamps stay whole milliseconds

@@ -33,13 +33,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gridchain.client import NodeClient, NodeUnavailable, RequestFailed
+from gridchain.api.client import NodeClient, NodeUnavailable, RequestFailed
 from gridchain.config import Address
 from gridchain.consensus.block import Block
 from gridchain.consensus.params import NetworkParams
-from gridchain.ledger import AuditReport, audit_store
+from gridchain.ledger.audit import AuditReport, audit_store
 from gridchain.relay.server import RelayServer
-from gridchain.store import DB_FILE
+from gridchain.ledger.store import DB_FILE
 
 from .harness import start_relay, wait_until
 from .proxy import FaultProxy

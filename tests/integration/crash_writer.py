@@ -20,8 +20,8 @@ from gridchain.consensus.block import BLOCK_VERSION, Block, Capture, Header, Rea
 from gridchain.consensus.genesis import GENESIS_TIME_MS
 from gridchain.consensus.merkle import payload_root
 from gridchain.consensus.params import NetworkParams
-from gridchain.keys import NodeKey
-from gridchain.ledger import Ledger
+from gridchain.identity.keys import NodeKey
+from gridchain.ledger.ledger import Ledger
 
 PARAMS = NetworkParams("crash-test", 4)  # 16 hashes a block: real proof of work, no waiting
 RELAY = "crash-relay"

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gridchain.config import Address, NodeConfig
-from gridchain.node import Node
+from gridchain.node.node import Node
 from gridchain.relay.server import RelayServer
 from gridchain.relay.simulator import RelaySimulator
 

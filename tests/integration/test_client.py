@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from gridchain.client import NodeClient, NodeUnavailable
-from gridchain.commands import main
+from gridchain.api.client import NodeClient, NodeUnavailable
+from gridchain.cli.commands import main
 from gridchain.config import Address
 
 from .harness import free_port

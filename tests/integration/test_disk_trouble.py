@@ -17,8 +17,8 @@ from __future__ import annotations
 import pytest
 from structlog.testing import capture_logs
 
-from gridchain.ledger import audit_store
-from gridchain.store import DB_FILE
+from gridchain.ledger.audit import audit_store
+from gridchain.ledger.store import DB_FILE
 
 from .harness import free_port, node_config, start_node, start_relay, wait_until
 

@@ -38,15 +38,15 @@ from gridchain.consensus.chain import Chain, ChainEntry
 from gridchain.consensus.genesis import make_genesis
 from gridchain.consensus.params import NetworkParams
 from gridchain.consensus.template import block_template, seal
-from gridchain.keys import NodeKey
-from gridchain.ledger import Ledger
+from gridchain.identity.keys import NodeKey
+from gridchain.ledger.ledger import Ledger
 from gridchain.net import gossip, peer
 from gridchain.net.gossip import AGENT
 from gridchain.net.messages import (
     MAX_BLOCKS_PER_MESSAGE, PROTOCOL_VERSION, BlockMessage, Blocks, GetBlocks, Hello, Ping, Pong, Reject, Tip,
     decode_message, encode_message,
 )
-from gridchain.wire import MAX_FRAME_BYTES, FrameDecoder, encode_frame
+from gridchain.wire.frames import MAX_FRAME_BYTES, FrameDecoder, encode_frame
 
 from .harness import TEST_DIFFICULTY, RunningNode, free_port, node_config, start_node, wait_until
 

@@ -8,10 +8,10 @@ from collections import Counter
 from structlog.testing import capture_logs
 
 from gridchain.consensus.template import block_template, seal
-from gridchain.keys import NodeKey
+from gridchain.identity.keys import NodeKey
 from gridchain.net.messages import PROTOCOL_VERSION, BlockMessage, Hello, encode_message
 from gridchain.net.gossip import AGENT
-from gridchain.wire import encode_frame
+from gridchain.wire.frames import encode_frame
 
 from .harness import (
     chain_readings, free_port, main_chain, node_config, settle, start_network, start_node, start_relay,

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from gridchain.client import NodeClient, NodeUnavailable
+from gridchain.api.client import NodeClient, NodeUnavailable
 from gridchain.config import Address
 
 from .harness import free_port, start_relay

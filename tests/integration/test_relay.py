@@ -13,8 +13,8 @@ from gridchain.relay.capture_files import read_capture_file
 from gridchain.relay.client import RelayClient
 from gridchain.relay.server import RelayServer, run_relay
 from gridchain.relay.simulator import RelaySimulator
-from gridchain.streams import ConnectionClosed, read_frame
-from gridchain.wire import encode_frame
+from gridchain.wire.streams import ConnectionClosed, read_frame
+from gridchain.wire.frames import encode_frame
 
 INTERVAL_MS = 100
 

@@ -11,8 +11,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from gridchain.relay.client import REASONS, RelayClient, RelayError
-from gridchain.streams import ConnectionClosed, read_frame
-from gridchain.wire import FrameError, encode_frame
+from gridchain.wire.streams import ConnectionClosed, read_frame
+from gridchain.wire.frames import FrameError, encode_frame
 
 RELAY_ID = "relay-1"
 

@@ -18,13 +18,13 @@ import time
 import pytest
 from structlog.testing import capture_logs
 
-from gridchain import node as node_module
+from gridchain.node import node as node_module
 from gridchain.consensus.block import MAX_READINGS_PER_BLOCK
 from gridchain.relay.client import RelayClient
 from gridchain.relay.server import RelayServer
 from gridchain.relay.simulator import RelaySimulator
-from gridchain.streams import ConnectionClosed, read_frame
-from gridchain.wire import FrameError, encode_frame
+from gridchain.wire.streams import ConnectionClosed, read_frame
+from gridchain.wire.frames import FrameError, encode_frame
 
 from .harness import chain_readings, free_port, node_config, start_node, wait_until
 

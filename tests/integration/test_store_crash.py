@@ -18,8 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-from gridchain.ledger import Ledger, audit_store
-from gridchain.store import DB_FILE
+from gridchain.ledger.audit import audit_store
+from gridchain.ledger.ledger import Ledger
+from gridchain.ledger.store import DB_FILE
 
 from .crash_writer import NOW_MS, PARAMS
 

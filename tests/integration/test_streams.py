@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from gridchain.streams import ConnectionClosed, close_writer, read_frame, write_frame
-from gridchain.wire import FrameError, encode_frame
+from gridchain.wire.streams import ConnectionClosed, close_writer, read_frame, write_frame
+from gridchain.wire.frames import FrameError, encode_frame
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gridchain.capture import fresh_readings, merge_readings
+from gridchain.node.capture import fresh_readings, merge_readings
 from gridchain.consensus.block import Reading
 
 

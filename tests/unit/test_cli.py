@@ -9,17 +9,17 @@ from types import SimpleNamespace
 import pytest
 
 from gridchain.__main__ import PROGRAMS
-from gridchain.cli import node_main
-from gridchain.commands import build_client_parser, main
-from gridchain.commands.chain import BLOCK_COLUMNS, parse_block_ref
-from gridchain.commands.output import StreamTable, duration, iso_ms, parse_time_ms, table, to_jsonable, Column
-from gridchain.commands.proof import check_proof, proof_document
-from gridchain.commands.readings import CSV_FIELDS, _Writer, row_to_dict
+from gridchain.cli.main import node_main
+from gridchain.cli.commands import build_client_parser, main
+from gridchain.cli.commands.chain import BLOCK_COLUMNS, parse_block_ref
+from gridchain.cli.commands.output import StreamTable, duration, iso_ms, parse_time_ms, table, to_jsonable, Column
+from gridchain.cli.commands.proof import check_proof, proof_document
+from gridchain.cli.commands.readings import CSV_FIELDS, _Writer, row_to_dict
 from gridchain.config import Address
 from gridchain.consensus.block import BLOCK_VERSION, Block, Capture, Header, Reading
 from gridchain.consensus.merkle import payload_leaves, payload_root, reading_proof
 from gridchain.consensus.pow import mine
-from gridchain.keys import NodeKey
+from gridchain.identity.keys import NodeKey
 
 BITS = 6
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gridchain.commands import build_client_parser
+from gridchain.cli.commands import build_client_parser
 from gridchain.config import Address
-from gridchain.settings import load_node_settings, load_relay_settings
+from gridchain.cli.settings import load_node_settings, load_relay_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())

@@ -15,7 +15,7 @@ from gridchain.relay.feed import (
     MAX_READINGS_PER_READ, ErrorResponse, FeedError, InfoRequest, InfoResponse, ReadingsResponse,
     ReadRequest, decode_request, parse_info_response, parse_readings_response,
 )
-from gridchain.wire import FrameDecoder, encode_frame
+from gridchain.wire.frames import FrameDecoder, encode_frame
 
 
 def row(ts: int, **changes) -> list:

@@ -25,7 +25,7 @@ from gridchain.consensus.rules import RuleViolation
 from gridchain.net.messages import (
     ALL_MESSAGES, BlockMessage, Blocks, GetBlocks, Hello, MessageError, Ping, Tip, decode_message, encode_message,
 )
-from gridchain.wire import BAD_MSGPACK, EMPTY_FRAME, FRAME_TOO_LARGE, FrameDecoder, FrameError, encode_frame
+from gridchain.wire.frames import BAD_MSGPACK, EMPTY_FRAME, FRAME_TOO_LARGE, FrameDecoder, FrameError, encode_frame
 
 from .helpers import ALICE, BITS, GENESIS, NOW_MS, PARAMS, Relay, make_block, new_chain
 

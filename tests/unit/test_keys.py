@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from gridchain.consensus.signing import verify_signature
-from gridchain.keys import KEY_FILE, KeyFileError, NodeKey
+from gridchain.identity.keys import KEY_FILE, KeyFileError, NodeKey
 
 
 def test_first_start_creates_a_private_key_file(tmp_path):

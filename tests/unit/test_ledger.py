@@ -10,13 +10,12 @@ import threading
 
 import pytest
 
-from gridchain import ledger as ledger_module
-from gridchain.audit import AuditReport, audit_store
+from gridchain.ledger.audit import AuditReport, audit_store
 from gridchain.consensus import rules
 from gridchain.consensus.block import Block
 from gridchain.consensus.rules import RuleViolation
-from gridchain.ledger import Ledger, LedgerDamaged
-from gridchain.store import DB_FILE, StoreError
+from gridchain.ledger.ledger import Ledger, LedgerDamaged
+from gridchain.ledger.store import DB_FILE, StoreError
 
 from .helpers import BOB, NOW_MS, PARAMS, Relay, make_block, new_chain
 
@@ -480,12 +479,6 @@ def test_audit_runs_beside_an_open_ledger(forked):
     add_line(ledger, 2, Relay("relay-3"))
     assert audit_store(ledger.store.path, PARAMS).ok
     ledger.close()
-
-
-def test_the_audit_is_still_importable_from_the_ledger():
-    assert ledger_module.audit_store is audit_store and ledger_module.AuditReport is AuditReport
-    with pytest.raises(AttributeError):
-        ledger_module.no_such_name
 
 
 def test_audit_of_a_file_that_is_not_a_store(tmp_path):

@@ -10,7 +10,7 @@ import re
 import pytest
 import structlog
 
-from gridchain.logs import configure_logging, wants_json
+from gridchain.cli.logs import configure_logging, wants_json
 
 ISO_MICROS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 

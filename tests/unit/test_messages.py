@@ -23,7 +23,7 @@ from gridchain.net.messages import (
     MAX_READINGS_PAGE, PEER_MESSAGES, PROTOCOL_VERSION, MessageError, decode_message, encode_message,
     work_to_bytes,
 )
-from gridchain.wire import FrameDecoder, encode_frame
+from gridchain.wire.frames import FrameDecoder, encode_frame
 
 from .helpers import ALICE, GENESIS, capture
 

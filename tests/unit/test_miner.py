@@ -7,7 +7,7 @@ import time
 
 from gridchain.consensus import pow
 from gridchain.consensus.block import Header
-from gridchain.miner import Miner
+from gridchain.node.miner import Miner
 
 
 def header(bits: int) -> Header:

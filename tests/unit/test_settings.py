@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from gridchain.config import DEFAULT_CAPTURE_INTERVAL_S, DEFAULT_DIFFICULTY, MIN_CAPTURE_INTERVAL_S, Address
-from gridchain.settings import (
+from gridchain.cli.settings import (
     NODE_SETTINGS, SettingError, build_node_parser, load_node_config, load_node_settings, load_relay_settings,
     resolve_node_settings,
 )

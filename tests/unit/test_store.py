@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from gridchain.consensus.genesis import make_genesis
-from gridchain.store import DB_FILE, MainChange, Store, StoreError, _net_change
+from gridchain.ledger.store import DB_FILE, MainChange, Store, StoreError, _net_change
 
 from .helpers import BOB, GENESIS, PARAMS, Relay, grow, make_block, new_chain
 

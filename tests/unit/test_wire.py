@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gridchain.wire import (
+from gridchain.wire.frames import (
     MAX_FRAME_BYTES, PREFIX_SIZE, FrameDecoder, FrameError, decode_body, encode_frame, frame_length,
 )
 

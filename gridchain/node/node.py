@@ -13,21 +13,21 @@ from collections.abc import Callable
 
 import structlog
 
-from .capture import CaptureTask, RelayWatch
-from .config import NodeConfig
-from .consensus.block import Block, Capture, short_hash
-from .consensus.chain import AddResult, ChainEntry
-from .consensus.params import NetworkParams
-from .consensus.rules import RuleViolation
-from .keys import KeyFileError, NodeKey
-from .lag import LoopLagMonitor
-from .ledger import Ledger, LedgerUpdate
-from .miner import Miner
-from .net.gossip import Gossip, ReceiveResult
-from .net.messages import MAX_BLOCKS_PER_MESSAGE
-from .relay.client import RelayClient
-from .rpc import ClientSessions
-from .store import StoreError
+from gridchain.node.capture import CaptureTask, RelayWatch
+from gridchain.config import NodeConfig
+from gridchain.consensus.block import Block, Capture, short_hash
+from gridchain.consensus.chain import AddResult, ChainEntry
+from gridchain.consensus.params import NetworkParams
+from gridchain.consensus.rules import RuleViolation
+from gridchain.identity.keys import KeyFileError, NodeKey
+from gridchain.node.lag import LoopLagMonitor
+from gridchain.ledger.ledger import Ledger, LedgerUpdate
+from gridchain.node.miner import Miner
+from gridchain.net.gossip import Gossip, ReceiveResult
+from gridchain.net.messages import MAX_BLOCKS_PER_MESSAGE
+from gridchain.relay.client import RelayClient
+from gridchain.api.server import ClientSessions
+from gridchain.ledger.store import StoreError
 
 log = structlog.get_logger()
 

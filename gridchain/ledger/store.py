@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .consensus.block import Block
+from gridchain.consensus.block import Block
 
 DB_FILE = "chain.sqlite3"
 SCHEMA_VERSION = 1

@@ -8,7 +8,7 @@ the main chain, and the main table and tip against the best chain rebuilt here.
 
 A faulty block is still linked by whichever copy of its header hashes right, so its
 descendants are checked too; a block that cannot be placed at all is listed once, and
-what descends from it is counted, not listed. Opening a ledger (gridchain.ledger) checks
+what descends from it is counted, not listed. Opening a ledger (gridchain.ledger.ledger) checks
 only the newest blocks; this checks them all.
 """
 
@@ -20,13 +20,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .consensus.block import Block, BlockDecodeError, Header
-from .consensus.chain import Chain
-from .consensus.genesis import make_genesis
-from .consensus.params import NetworkParams
-from .consensus.rules import RuleViolation
-from .ledger import check_readings_rows, index_facts
-from .store import SCHEMA_VERSION, store_error
+from gridchain.consensus.block import Block, BlockDecodeError, Header
+from gridchain.consensus.chain import Chain
+from gridchain.consensus.genesis import make_genesis
+from gridchain.consensus.params import NetworkParams
+from gridchain.consensus.rules import RuleViolation
+from gridchain.ledger.ledger import check_readings_rows, index_facts
+from gridchain.ledger.store import SCHEMA_VERSION, store_error
 
 # Problems listed in one report; past this the count goes on but the list stops growing.
 MAX_PROBLEMS = 1000

@@ -8,10 +8,10 @@ import signal
 import sys
 import time
 
-from ..client import NodeClient
-from ..consensus.block import HASH_SIZE, Block, short_hash
-from .output import Column, StreamTable, dumps, duration, iso_ms, table
-from .readings import reading_table, reading_to_dict
+from gridchain.api.client import NodeClient
+from gridchain.consensus.block import HASH_SIZE, Block, short_hash
+from gridchain.cli.commands.output import Column, StreamTable, dumps, duration, iso_ms, table
+from gridchain.cli.commands.readings import reading_table, reading_to_dict
 
 RECENT_BLOCKS = 20  # `gridchain blocks` with no range shows this many of the newest
 

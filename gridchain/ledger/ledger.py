@@ -9,7 +9,7 @@ Opening rebuilds the chain from the store's block index (headers and a few paylo
 no payload decoding) and then re-checks the newest main-chain blocks in full. Damage found
 either way raises ``LedgerDamaged`` naming the block and the reason: a node must stop
 rather than serve a chain it cannot vouch for. The full audit of a store (every block,
-every reading row, the main table; for `gridchain verify`) is gridchain.audit.
+every reading row, the main table; for `gridchain verify`) is gridchain.ledger.audit.
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .consensus import rules
-from .consensus.block import Block, BlockDecodeError, Capture, Header
-from .consensus.chain import AddResult, Chain, ChainEntry, OrphanPool, displaced_readings
-from .consensus.genesis import make_genesis
-from .consensus.params import NetworkParams
-from .consensus.rules import RuleViolation
-from .store import DB_FILE, MainChange, Store, StoreError, reading_rows, store_error
+from gridchain.consensus import rules
+from gridchain.consensus.block import Block, BlockDecodeError, Capture, Header
+from gridchain.consensus.chain import AddResult, Chain, ChainEntry, OrphanPool, displaced_readings
+from gridchain.consensus.genesis import make_genesis
+from gridchain.consensus.params import NetworkParams
+from gridchain.consensus.rules import RuleViolation
+from gridchain.ledger.store import DB_FILE, MainChange, Store, StoreError, reading_rows, store_error
 
 # Main-chain blocks re-checked in full on every open: enough to catch a torn or edited
 # recent write, cheap enough (~10 ms) to run on every start. `gridchain verify` checks all.
@@ -380,12 +380,3 @@ def _height_of(header_bytes: bytes) -> int:
         return Header.from_bytes(header_bytes).height
     except BlockDecodeError:
         return -1
-
-
-def __getattr__(name: str) -> object:
-    # The audit moved to gridchain.audit, which imports this module; resolving the old
-    # names lazily keeps `from gridchain.ledger import audit_store` working without a cycle.
-    if name in ("audit_store", "AuditReport"):
-        from . import audit
-        return getattr(audit, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,12 +16,12 @@ import json
 import sys
 from pathlib import Path
 
-from ..client import NodeClient
-from ..consensus.block import HEADER_SIZE, READING_SIZE, Block, Capture, Header, Reading, short_hash
-from ..consensus.merkle import inclusion_proof, leaf_hash, metadata_leaf, payload_leaves, verify_inclusion
-from ..consensus.pow import meets_target
-from ..consensus.signing import verify_signature
-from .output import dumps, iso_ms, parse_time_ms
+from gridchain.api.client import NodeClient
+from gridchain.consensus.block import HEADER_SIZE, READING_SIZE, Block, Capture, Header, Reading, short_hash
+from gridchain.consensus.merkle import inclusion_proof, leaf_hash, metadata_leaf, payload_leaves, verify_inclusion
+from gridchain.consensus.pow import meets_target
+from gridchain.consensus.signing import verify_signature
+from gridchain.cli.commands.output import dumps, iso_ms, parse_time_ms
 
 PROOF_FORMAT = "gridchain-proof/1"
 

@@ -1,4 +1,4 @@
-"""asyncio helpers that move whole frames (see ``gridchain.wire``) over a stream pair.
+"""asyncio helpers that move whole frames (see ``gridchain.wire.frames``) over a stream pair.
 
 Only bytes and frames live here; what a message means is the caller's business. Every
 helper takes a timeout so no await can hang, and connection loss surfaces as a single
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 
-from gridchain.wire import MAX_FRAME_BYTES, PREFIX_SIZE, decode_body, encode_frame, frame_length
+from gridchain.wire.frames import MAX_FRAME_BYTES, PREFIX_SIZE, decode_body, encode_frame, frame_length
 
 
 class ConnectionClosed(Exception):

@@ -11,9 +11,9 @@ import argparse
 import csv
 import sys
 
-from ..client import NodeClient
-from ..consensus.block import READING_FIELDS, Reading
-from .output import Column, Progress, StreamTable, dumps, is_tty, iso_ms, parse_time_ms
+from gridchain.api.client import NodeClient
+from gridchain.consensus.block import READING_FIELDS, Reading
+from gridchain.cli.commands.output import Column, Progress, StreamTable, dumps, is_tty, iso_ms, parse_time_ms
 
 FORMATS = ("table", "csv", "json")
 CSV_FIELDS = ("relay_id", "timestamp_ms", "time", *READING_FIELDS[1:], "openings", "height", "block_hash")

@@ -1,6 +1,6 @@
 """structlog configuration: one event per line, JSON off a terminal, readable lines on one.
 
-Every process configures logging once, in ``gridchain.cli``; library modules only call
+Every process configures logging once, in ``gridchain.cli.main``; library modules only call
 ``structlog.get_logger()`` and log events with stable names and key/value fields.
 
 Each event carries ``event``, ``level`` and ``timestamp`` (ISO-8601 UTC with microseconds),

@@ -7,7 +7,7 @@ limits no larger than the frame and with msgpack extension types refused: the pr
 uses nil, bool, int, float, str, bin, array and map (with str or bin keys).
 
 ``FrameDecoder`` is fed whatever bytes arrived and hands back every whole message; it never
-reads a socket itself (see ``gridchain.streams`` for the asyncio helpers). Any ``FrameError``
+reads a socket itself (see ``gridchain.wire.streams`` for the asyncio helpers). Any ``FrameError``
 means the stream can no longer be trusted to be in step, so the caller drops the connection.
 """
 

@@ -13,19 +13,19 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from .consensus.merkle import payload_leaves, reading_proof
-from .audit import audit_store
-from .net.messages import (
+from gridchain.consensus.merkle import payload_leaves, reading_proof
+from gridchain.ledger.audit import audit_store
+from gridchain.net.messages import (
     BlockEvent, BlockReply, BlockRequest, Error, HeadersReply, HeadersRequest, MessageError, ProofReply,
     ProofRequest, ReadingsReply, ReadingsRequest, Status, StatusRequest, Subscribe, VerifyReply,
     VerifyRequest, decode_message, encode_message,
 )
-from .net.peer import IDLE_TIMEOUT_S, READ_CHUNK
-from .wire import FrameDecoder, FrameError, encode_frame
+from gridchain.net.peer import IDLE_TIMEOUT_S, READ_CHUNK
+from gridchain.wire.frames import FrameDecoder, FrameError, encode_frame
 
 if TYPE_CHECKING:
-    from .consensus.chain import ChainEntry
-    from .node import Node
+    from gridchain.consensus.chain import ChainEntry
+    from gridchain.node.node import Node
 
 log = structlog.get_logger()
 

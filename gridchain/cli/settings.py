@@ -18,11 +18,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import (
+from gridchain.config import (
     DEFAULT_CAPTURE_INTERVAL_S, DEFAULT_DIFFICULTY, DEFAULT_NETWORK, DEFAULT_PORT, DEFAULT_RELAY_PORT,
     MIN_CAPTURE_INTERVAL_S, Address, NodeConfig,
 )
-from .logs import FORMATS, LEVELS
+from gridchain.cli.logs import FORMATS, LEVELS
 
 ENV_PREFIX = "GRIDCHAIN_"
 # Leading zero bits of a block hash; past 64 no machine would ever mine a block.

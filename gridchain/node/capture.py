@@ -17,12 +17,12 @@ from typing import Protocol
 
 import structlog
 
-from .consensus.block import MAX_READINGS_PER_BLOCK, Block, Capture, Reading, short_hash
-from .consensus.rules import RuleViolation
-from .consensus.template import block_template, seal
-from .miner import Miner
-from .relay.client import BACKOFF, RelayClient, RelayError
-from .store import StoreError
+from gridchain.consensus.block import MAX_READINGS_PER_BLOCK, Block, Capture, Reading, short_hash
+from gridchain.consensus.rules import RuleViolation
+from gridchain.consensus.template import block_template, seal
+from gridchain.node.miner import Miner
+from gridchain.relay.client import BACKOFF, RelayClient, RelayError
+from gridchain.ledger.store import StoreError
 
 log = structlog.get_logger()
 

@@ -4,20 +4,20 @@ Each daemon parses its settings, configures logging (the only place that does), 
 uvloop until SIGINT or SIGTERM sets its stop event; it then shuts down cleanly and exits 0.
 A failure to start (port in use, damaged ledger, unusable data dir) is one line on stderr
 and exit status 1, never a traceback. The client's subcommands live in
-``gridchain.commands``; this module stays thin.
+``gridchain.cli.commands``; this module stays thin.
 """
 
 from __future__ import annotations
 
 import asyncio
-import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 
 import uvloop
 
-from .logs import configure_logging
-from .settings import load_node_settings, load_relay_settings
+from gridchain.cli.logs import configure_logging
+from gridchain.cli.settings import load_node_settings, load_relay_settings
+from gridchain.cli.signals import run_until_signalled
 
 
 GIL_SWITCH_INTERVAL_S = 0.001
@@ -28,37 +28,14 @@ def fail(prog: str, message: str, status: int = 1) -> None:
     raise SystemExit(status)
 
 
-async def run_until_signalled(run: Callable[[asyncio.Event], Awaitable[None]]) -> None:
-    """Run ``run(stop)``; the first SIGINT/SIGTERM sets ``stop``, a second one cancels it.
-
-    The second signal is the operator's "stop now" for a shutdown that is taking too long.
-    """
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    task = asyncio.current_task()
-
-    def on_signal() -> None:
-        if stop.is_set():
-            task.cancel()
-        stop.set()
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, on_signal)
-    try:
-        await run(stop)
-    finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
-
-
 def node_main(argv: Sequence[str] | None = None) -> None:
     """gridchaind: run one node until SIGINT/SIGTERM."""
     settings = load_node_settings(argv)
     configure_logging(settings.log_format, settings.log_level)
     # Imported here so the client and the relay never pay for loading the node.
-    from .ledger import LedgerDamaged
-    from .node import NodeStartError, run_node
-    from .store import StoreError
+    from gridchain.ledger.ledger import LedgerDamaged
+    from gridchain.node.node import NodeStartError, run_node
+    from gridchain.ledger.store import StoreError
 
     config = settings.config
     # The miner thread holds the GIL between switches; 1 ms instead of CPython's 5 ms
@@ -80,7 +57,7 @@ def relay_main(argv: Sequence[str] | None = None) -> None:
     """gridchain-relay: serve the simulated relay until SIGINT/SIGTERM."""
     settings = load_relay_settings(argv)
     configure_logging(settings.log_format, settings.log_level)
-    from .relay.server import run_relay
+    from gridchain.relay.server import run_relay
 
     def run(stop: asyncio.Event) -> Awaitable[None]:
         return run_relay(settings.host, settings.port, settings.interval_s, settings.relay_id,
@@ -101,6 +78,6 @@ def relay_main(argv: Sequence[str] | None = None) -> None:
 
 def client_main(argv: Sequence[str] | None = None) -> None:
     """gridchain: the operator's client (status, blocks, readings, verify, proof, tail, demo)."""
-    from .commands import main
+    from gridchain.cli.commands import main
 
     raise SystemExit(main(argv))

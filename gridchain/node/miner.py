@@ -6,8 +6,8 @@ import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from .consensus import pow
-from .consensus.block import Header
+from gridchain.consensus import pow
+from gridchain.consensus.block import Header
 
 
 class Miner:

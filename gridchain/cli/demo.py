@@ -23,10 +23,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .client import NodeClient, NodeUnavailable, RequestFailed
-from .config import DEFAULT_NETWORK, DEFAULT_PORT, DEFAULT_RELAY_PORT, Address
-from .commands.output import iso_ms
-from .consensus.block import short_hash
+from gridchain.api.client import NodeClient, NodeUnavailable, RequestFailed
+from gridchain.config import DEFAULT_NETWORK, DEFAULT_PORT, DEFAULT_RELAY_PORT, Address
+from gridchain.cli.commands.output import iso_ms
+from gridchain.consensus.block import short_hash
 
 STARTUP_TIMEOUT_S = 30.0  # four Python processes importing and binding: seconds, even on a slow disk
 STOP_TIMEOUT_S = 10.0  # a node promises to exit within 5 s of SIGTERM; then SIGKILL
@@ -70,7 +70,7 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
 def demo_command(args: argparse.Namespace) -> int:
     import uvloop
 
-    from .cli import run_until_signalled
+    from gridchain.cli.signals import run_until_signalled
 
     if not 1 <= args.nodes <= 16:
         print("gridchain: error: --nodes must be 1..16", file=sys.stderr)

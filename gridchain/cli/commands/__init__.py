@@ -13,9 +13,9 @@ import os
 import sys
 from collections.abc import Sequence
 
-from ..client import NodeUnavailable, RequestFailed
-from ..config import DEFAULT_PORT, Address
-from . import chain, proof, readings, verify
+from gridchain.api.client import NodeUnavailable, RequestFailed
+from gridchain.config import DEFAULT_PORT, Address
+from gridchain.cli.commands import chain, proof, readings, verify
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -53,7 +53,7 @@ def build_client_parser() -> argparse.ArgumentParser:
     readings.register(commands, common)
     verify.register(commands, common)
     proof.register(commands, common)
-    from .. import demo  # the demo starts processes; its parser is all that is needed here
+    from gridchain.cli import demo  # the demo starts processes; its parser is all that is needed here
 
     demo.register(commands, common)
     return parser

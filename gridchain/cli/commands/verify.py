@@ -11,10 +11,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..client import NodeClient
-from ..config import DEFAULT_DIFFICULTY, DEFAULT_NETWORK
-from ..consensus.params import NetworkParams
-from .output import Progress, dumps, is_tty
+from gridchain.api.client import NodeClient
+from gridchain.config import DEFAULT_DIFFICULTY, DEFAULT_NETWORK
+from gridchain.consensus.params import NetworkParams
+from gridchain.cli.commands.output import Progress, dumps, is_tty
 
 STORE_FILE = "chain.sqlite3"  # the ledger's database inside a data dir
 
@@ -63,9 +63,9 @@ async def verify_command(args: argparse.Namespace) -> int:
 
 
 def audit_data_dir(data_dir: Path, params: NetworkParams, as_json: bool) -> int:
-    from ..audit import audit_store  # only this command needs the ledger
-    from ..ledger import LedgerDamaged
-    from ..store import StoreError
+    from gridchain.ledger.audit import audit_store  # only this command needs the ledger
+    from gridchain.ledger.ledger import LedgerDamaged
+    from gridchain.ledger.store import StoreError
 
     store = data_dir / STORE_FILE
     if not store.is_file():

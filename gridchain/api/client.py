@@ -1,4 +1,4 @@
-"""asyncio client for a node's operator protocol (the requests ``gridchain.rpc`` answers).
+"""asyncio client for a node's operator protocol (the requests ``gridchain.api.server`` answers).
 
 One ``NodeClient`` is one TCP connection to a node's port. Requests are answered in order;
 every await is bounded by a timeout except ``subscribe``, which waits for blocks as long as
@@ -13,14 +13,14 @@ import asyncio
 import socket
 from collections.abc import AsyncIterator
 
-from .config import Address
-from .net.messages import (
+from gridchain.config import Address
+from gridchain.net.messages import (
     MAX_HEADERS, MAX_READINGS_PAGE, BlockEvent, BlockReply, BlockRequest, Error, HeadersReply, HeadersRequest, MessageError, ProofReply,
     ProofRequest, ReadingsReply, ReadingsRequest, Status, StatusRequest, Subscribe, VerifyReply, VerifyRequest,
     decode_message, encode_message,
 )
-from .streams import ConnectionClosed, close_writer, read_frame, write_frame
-from .wire import MAX_FRAME_BYTES, FrameError
+from gridchain.wire.streams import ConnectionClosed, close_writer, read_frame, write_frame
+from gridchain.wire.frames import MAX_FRAME_BYTES, FrameError
 
 DEFAULT_TIMEOUT_S = 5.0  # a node on the LAN answers status in milliseconds; 5 s means trouble
 # A node audits its whole store for `verify`: ~100k blocks a minute or so, so allow an hour.
