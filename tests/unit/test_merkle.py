@@ -7,10 +7,8 @@ import hashlib
 import pytest
 
 from gridchain.consensus.block import Capture
-from gridchain.consensus.merkle import (
-    inclusion_proof, leaf_hash, merkle_root, metadata_leaf, node_hash, payload_leaves, payload_root, reading_proof,
-    verify_inclusion,
-)
+from gridchain.consensus.merkle import metadata_leaf, payload_leaves, payload_root, reading_proof
+from gridchain.consensus.tree import inclusion_proof, leaf_hash, merkle_root, node_hash, verify_inclusion
 
 from .helpers import capture
 

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from gridchain.api.client import NodeClient
 from gridchain.consensus.block import HEADER_SIZE, READING_SIZE, Block, Capture, Header, Reading, short_hash
-from gridchain.consensus.merkle import inclusion_proof, leaf_hash, metadata_leaf, payload_leaves, verify_inclusion
+from gridchain.consensus.merkle import metadata_leaf, payload_leaves
+from gridchain.consensus.tree import inclusion_proof, leaf_hash, verify_inclusion
 from gridchain.consensus.pow import meets_target
 from gridchain.consensus.signing import verify_signature
 from gridchain.cli.commands.output import dumps, iso_ms, parse_time_ms
