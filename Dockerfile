@@ -12,10 +12,12 @@ COPY gridchain ./gridchain
 RUN pip install . \
     && rm -rf /src \
     && useradd --create-home --uid 10001 gridchain \
-    && mkdir /data \
-    && chown gridchain:gridchain /data
+    && mkdir -p /data /network /init/node1 /init/node2 /init/node3 /init/node4 /init/relay \
+    && chown -R gridchain:gridchain /data /network /init
 
-# A fresh named volume mounted on /data takes this directory's owner, so the node can write.
+# A fresh named volume takes the owner of the directory it is first mounted on, so the node
+# can write to /data. /network and /init/* are where docker-compose.yml's one-shot init
+# service mounts the shared network volume and each node's and the relay's data volume.
 VOLUME /data
 WORKDIR /data
 USER gridchain

@@ -20,7 +20,6 @@ ISO timestamps share this machine's clock:
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 import sys
 import time
@@ -32,11 +31,13 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.nodes import (
-    QUICK, Cluster, Proc, block_times, build_chain, free_port, guarded, loopback_rtt_ms, mining_ms, percentile,
-    print_rows, row, spread, statuses, sync_seconds, wait_all, wait_status, workdir,
+    QUICK, block_times, build_chain, guarded, loopback_rtt_ms, mining_ms, percentile, row, run_alone, spread,
+    sync_seconds, workdir,
 )
 from gridchain.config import DEFAULT_DIFFICULTY
 from gridchain.ledger.store import DB_FILE
+from tests.support.ports import free_port
+from tests.support.processes import Proc, Processes, answers, statuses, wait_all, wait_status
 
 RESULTS = Path(__file__).with_name("results_node.json")
 NODES = 4  # the prototype's network
@@ -80,7 +81,7 @@ def run() -> list[dict]:
     return rows
 
 
-def _mesh(cluster: Cluster, relay_port: int, capture_s: float) -> list[Proc]:
+def _mesh(cluster: Processes, relay_port: int, capture_s: float) -> list[Proc]:
     ports = [free_port() for _ in range(NODES)]
     return [cluster.node(f"n{i}", port=port, peers=[p for p in ports if p != port], relays=[relay_port],
                          capture_interval_s=capture_s) for i, port in enumerate(ports)]
@@ -93,7 +94,7 @@ async def _wait_mesh(nodes: list[Proc]) -> None:
 
 # --- 1. propagation ---------------------------------------------------------------------------
 async def _propagation(rtt_ms: float) -> list[dict]:
-    with workdir("bench-propagation-") as root, Cluster(root, "bench-propagation", PROP_BITS) as cluster:
+    with workdir("bench-propagation-") as root, Processes(root, "bench-propagation", PROP_BITS) as cluster:
         relay = cluster.relay(PROP_RELAY_S)
         nodes = _mesh(cluster, relay.port, PROP_CAPTURE_S)
         await _wait_mesh(nodes)
@@ -103,7 +104,7 @@ async def _propagation(rtt_ms: float) -> list[dict]:
                           f"{PROP_BLOCKS} blocks")
         end = time.time()
         await asyncio.sleep(SETTLE_S)
-        cluster.stop_all()
+        await cluster.stop_all()
         seen = spread(nodes, start, end)
     p50, p99 = percentile(seen.per_peer, 0.5), percentile(seen.per_peer, 0.99)
     blocks = len(seen.to_all)
@@ -120,7 +121,7 @@ async def _propagation(rtt_ms: float) -> list[dict]:
 
 # --- 2. relay timestamp -> stored on all four ---------------------------------------------------
 async def _relay_to_stored(capture_s: float, seconds: float) -> list[dict]:
-    with workdir("bench-stored-") as root, Cluster(root, "bench-stored", DEFAULT_DIFFICULTY) as cluster:
+    with workdir("bench-stored-") as root, Processes(root, "bench-stored", DEFAULT_DIFFICULTY) as cluster:
         relay = cluster.relay(STORED_RELAY_S)
         nodes = _mesh(cluster, relay.port, capture_s)
         await _wait_mesh(nodes)
@@ -128,7 +129,7 @@ async def _relay_to_stored(capture_s: float, seconds: float) -> list[dict]:
         await asyncio.sleep(seconds)
         end = time.time()
         await asyncio.sleep(SETTLE_S + capture_s)
-        cluster.stop_all()
+        await cluster.stop_all()
         mined, held = block_times(nodes)
         work_ms = mining_ms(nodes)
         stored = [r for r in _stored_readings(nodes[0].data_dir) if start <= r[0] / 1000 <= end]
@@ -164,18 +165,18 @@ def _stored_readings(data_dir: Path) -> list[tuple[int, str]]:
 
 # --- 3. loop lag while mining ---------------------------------------------------------------------
 async def _loop_lag() -> list[dict]:
-    with workdir("bench-lag-") as root, Cluster(root, "bench-lag", LAG_BITS) as cluster:
+    with workdir("bench-lag-") as root, Processes(root, "bench-lag", LAG_BITS) as cluster:
         relay = cluster.relay(0.1)
         node = cluster.node("miner", relays=[relay.port], capture_interval_s=0.25)
         await wait_status(node, lambda s: s["mining"] == "busy", READY_S, "mining")
         start, busy, polls = time.monotonic(), 0, 0
         while time.monotonic() - start < LAG_SECONDS:
-            info = await wait_status(node, lambda s: True, READY_S, "status")
+            info = await wait_status(node, answers, READY_S, "status")
             busy += info["mining"] == "busy"
             polls += 1
             await asyncio.sleep(0.25)
         lag = info["loop_lag_ms"]
-        cluster.stop_all()
+        await cluster.stop_all()
         blocks = len(node.events(("block.mined",)))
     return [
         row(f"event-loop lag while mining ({LAG_BITS} bits, {LAG_SECONDS:g} s), p99", lag["p99"], "ms", "<= 25",
@@ -188,23 +189,20 @@ async def _loop_lag() -> list[dict]:
 async def _sync() -> list[dict]:
     with workdir("bench-sync-") as root:
         built_s = build_chain(root / "source", "bench-sync", SYNC_BITS, SYNC_LENGTH)
-        with Cluster(root, "bench-sync", SYNC_BITS) as cluster:
+        with Processes(root, "bench-sync", SYNC_BITS) as cluster:
             source = cluster.node("source", data_dir=root / "source")
             await wait_status(source, lambda s: s["height"] == SYNC_LENGTH, READY_S, "the source node")
             fresh = cluster.node("fresh", peers=[source.port])
             await wait_status(fresh, lambda s: s["height"] >= SYNC_LENGTH, SYNC_TIMEOUT_S, "the fresh node synced")
             rss = fresh.rss_mb()
-            cluster.stop_all()
+            await cluster.stop_all()
         seconds = sync_seconds(fresh, SYNC_LENGTH)
     return [row(f"sync of {SYNC_LENGTH:,} blocks into a fresh node", SYNC_LENGTH / seconds, "blocks/s", ">= 3000",
                 digits=0, seconds=round(seconds, 3), fresh_rss_mb=round(rss, 1), chain_build_s=round(built_s, 1))]
 
 
 def main() -> None:
-    rows = run()
-    print_rows(rows)
-    RESULTS.write_text(json.dumps(rows, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    run_alone(run, RESULTS)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ until every bridge link is back and until all sixteen agree on one tip.
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
 import sys
 import time
@@ -34,13 +33,16 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.nodes import (
-    CHAIN_KEY_SEED, KEEP, QUICK, Cluster, FaultProxy, Proc, build_chain, chain_blocks, copy_chain, cpu_seconds,
-    free_port, guarded, percentile, print_rows, row, spread, status, statuses, sync_seconds, wait_all, wait_status,
-    workdir,
+    CHAIN_KEY_SEED, KEEP, QUICK, build_chain, chain_blocks, copy_chain, guarded, percentile, row, run_alone, spread,
+    sync_seconds, workdir,
 )
 from gridchain.consensus.params import NetworkParams
 from gridchain.identity.keys import NodeKey
 from gridchain.ledger.ledger import Ledger
+from tests.support.ports import free_port
+from tests.support.processes import Proc, Processes, status, statuses, wait_all, wait_status
+from tests.support.proxy import FaultProxy
+from tests.support.rss import cpu_seconds
 
 RESULTS = Path(__file__).with_name("results_scale.json")
 READY_S = 60.0  # four nodes opening a 100,000-block store on two cores take a few seconds
@@ -114,7 +116,7 @@ async def _network_at(base: Path, root: Path, length: int) -> dict:
     root.mkdir()
     ports = [free_port() for _ in range(GROWTH_NODES)]
     try:
-        with Cluster(root, GROWTH_NETWORK, GROWTH_BITS) as cluster:
+        with Processes(root, GROWTH_NETWORK, GROWTH_BITS) as cluster:
             relay = cluster.relay(0.1)
             nodes = []
             for i, port in enumerate(ports):
@@ -129,7 +131,7 @@ async def _network_at(base: Path, root: Path, length: int) -> dict:
             await wait_status(nodes[0], lambda s: s["height"] >= base_height + UPDATE_BLOCKS, UPDATE_TIMEOUT_S,
                               f"{UPDATE_BLOCKS} blocks on top of {length:,}")
             end = time.time()
-            cluster.stop([relay])  # no new blocks: the fresh node syncs to a fixed tip
+            await cluster.stop([relay])  # no new blocks: the fresh node syncs to a fixed tip
             await asyncio.sleep(SETTLE_S)
             rss = [n.rss_mb() for n in nodes]
             top = await wait_status(nodes[0], lambda s: True, READY_S, "the sync source")
@@ -137,7 +139,7 @@ async def _network_at(base: Path, root: Path, length: int) -> dict:
             await wait_status(fresh, lambda s: s["height"] >= top["height"], SYNC_TIMEOUT_S,
                               f"a fresh node synced to {top['height']:,}")
             fresh_rss = fresh.rss_mb()
-            cluster.stop_all()
+            await cluster.stop_all()
             seen = spread(nodes, start, end)
         sync_s = sync_seconds(fresh, top["height"])
     finally:
@@ -183,7 +185,7 @@ async def _sixteen() -> list[dict]:
     ports = [free_port() for _ in range(count)]
     proxies = [await FaultProxy(ports[b]).start() for _, b in BRIDGES]
     try:
-        with workdir("bench-sixteen-") as root, Cluster(root, MESH_NETWORK, MESH_BITS) as cluster:
+        with workdir("bench-sixteen-") as root, Processes(root, MESH_NETWORK, MESH_BITS) as cluster:
             relay = cluster.relay(MESH_RELAY_S)
             nodes = []
             for i in range(count):
@@ -196,7 +198,7 @@ async def _sixteen() -> list[dict]:
             await asyncio.sleep(WARMUP_S)
             steady = await _steady(nodes)
             partition = await _partition(nodes, proxies)
-            cluster.stop_all()
+            await cluster.stop_all()
             seen = spread(nodes, steady["start"], steady["end"])
     finally:
         for proxy in proxies:
@@ -277,10 +279,7 @@ def _connected_at(node: Proc, peer_name: str, after: float) -> float:
 
 
 def main() -> None:
-    rows = run()
-    print_rows(rows)
-    RESULTS.write_text(json.dumps(rows, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    run_alone(run, RESULTS)
 
 
 if __name__ == "__main__":

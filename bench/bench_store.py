@@ -21,20 +21,20 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
 
-from gridchain.consensus import pow
-from gridchain.consensus.block import BLOCK_VERSION, Block, Capture, Header, Reading
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from gridchain.consensus.block import Block
 from gridchain.consensus.genesis import GENESIS_TIME_MS, make_genesis
-from gridchain.consensus.merkle import payload_root
 from gridchain.consensus.params import NetworkParams
 from gridchain.identity.keys import NodeKey
 from gridchain.ledger.ledger import Ledger
 from gridchain.ledger.store import DB_FILE, MainChange, Store
+from tests.support.blocks import Tip, line, tip_of
 
 PARAMS = NetworkParams("bench-store", 1)  # proof of work is checked, but costs nothing to make
 READINGS_PER_BLOCK = 6
-READING_MS = 10_000
 NOW_MS = GENESIS_TIME_MS + 10**13
 FSYNC_SECONDS = 1.0  # long enough to average out a disk's write-cache hiccups
 ONE_BY_ONE_BLOCKS = 2_000
@@ -45,31 +45,9 @@ RESULTS = Path(__file__).with_name("results_store.json")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-class _Tip(NamedTuple):
-    height: int
-    hash: bytes
-    time_ms: int
-    newest_ms: int
-
-
-def _blocks(tip: _Tip, count: int, key: NodeKey) -> Iterator[Block]:
+def _blocks(tip: Tip, count: int, key: NodeKey) -> Iterator[Block]:
     """``count`` valid blocks in a line on ``tip``, made lazily so memory stays flat."""
-    for _ in range(count):
-        readings = tuple(Reading(tip.newest_ms + (i + 1) * READING_MS, 115.0, 115.2, 114.9, 412.0 + i, 409.5,
-                                 415.1, 60.0, 0.97, 80.1, 19.8) for i in range(READINGS_PER_BLOCK))
-        capture = Capture("relay-1", "Bench", 0, readings)
-        header = Header(BLOCK_VERSION, tip.height + 1, tip.hash, payload_root(capture, "bench"),
-                        tip.time_ms + READINGS_PER_BLOCK * READING_MS, PARAMS.bits, key.public_key, 0)
-        header = header.with_nonce(pow.mine(header.prefix(), header.bits))
-        block = Block(header, key.sign(header.hash()), capture, "bench")
-        tip = _Tip(block.height, block.hash, header.time_ms, readings[-1].timestamp_ms)
-        yield block
-
-
-def _tip_of(ledger: Ledger) -> _Tip:
-    tip = ledger.tip
-    newest = ledger.newest_reading_ms("relay-1")
-    return _Tip(tip.height, tip.hash, tip.header.time_ms, GENESIS_TIME_MS if newest is None else newest)
+    return line(tip, count, key, PARAMS.bits, substation="Bench", miner_name="bench", per_block=READINGS_PER_BLOCK)
 
 
 def _fsync_rate(directory: Path) -> float:
@@ -93,7 +71,7 @@ def _one_by_one(directory: Path, key: NodeKey) -> tuple[float, float]:
     """(ledger blocks/s, store-only blocks/s), each block its own durable transaction."""
     (directory / "ledger").mkdir()
     ledger = Ledger.open(directory / "ledger", PARAMS, NOW_MS)
-    blocks = list(_blocks(_tip_of(ledger), ONE_BY_ONE_BLOCKS, key))
+    blocks = list(_blocks(tip_of(ledger.chain), ONE_BY_ONE_BLOCKS, key))
     start = time.perf_counter()
     for block in blocks:
         ledger.add_block(block, NOW_MS)
@@ -113,7 +91,7 @@ def _grow(ledger: Ledger, count: int, key: NodeKey) -> float:
     """Add ``count`` blocks in add_blocks runs of BATCH; returns blocks/s of the adding alone."""
     spent = 0.0
     for _ in range(count // BATCH):
-        run = list(_blocks(_tip_of(ledger), BATCH, key))
+        run = list(_blocks(tip_of(ledger.chain), BATCH, key))
         start = time.perf_counter()
         batch = ledger.add_blocks(run, NOW_MS)
         spent += time.perf_counter() - start
@@ -125,7 +103,7 @@ def _store_batched(directory: Path, key: NodeKey) -> float:
     (directory / "batched").mkdir()
     store = Store.open(directory / "batched" / DB_FILE, PARAMS.name, make_genesis(PARAMS.name, PARAMS.bits))
     genesis = store.get_block(store.tip_hash())
-    blocks = list(_blocks(_Tip(0, genesis.hash, genesis.header.time_ms, GENESIS_TIME_MS), BATCH_BLOCKS, key))
+    blocks = list(_blocks(Tip(0, genesis.hash, genesis.header.time_ms, GENESIS_TIME_MS), BATCH_BLOCKS, key))
     start = time.perf_counter()
     for i in range(0, len(blocks), BATCH):
         run = blocks[i:i + BATCH]
@@ -136,11 +114,11 @@ def _store_batched(directory: Path, key: NodeKey) -> float:
 
 
 _REOPEN = """
-import json, sys, time
+import json, os, sys, time
 from pathlib import Path
+from tests.support.rss import rss_kb
 def rss():
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS"))
+    return rss_kb(os.getpid()) * 1024
 from gridchain.consensus.params import NetworkParams
 from gridchain.ledger.ledger import Ledger
 params = NetworkParams(sys.argv[2], int(sys.argv[3]))

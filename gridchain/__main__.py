@@ -1,6 +1,7 @@
-"""``python -m gridchain node|relay|client ARGS``: the three programs without installed scripts.
+"""``python -m gridchain node|relay|device|client ARGS``: the programs without installed scripts.
 
-``python -m gridchain node`` is gridchaind, ``relay`` is gridchain-relay and ``client`` (or
+``python -m gridchain node`` is gridchaind, ``relay`` is gridchain-relay, ``device`` is
+gridchain-device and ``client`` (or
 any other first word, e.g. ``python -m gridchain status``) is the gridchain client.
 """
 
@@ -8,9 +9,9 @@ from __future__ import annotations
 
 import sys
 
-from gridchain.cli.main import client_main, node_main, relay_main
+from gridchain.cli.main import client_main, device_main, node_main, relay_main
 
-PROGRAMS = {"node": node_main, "relay": relay_main, "client": client_main}
+PROGRAMS = {"node": node_main, "relay": relay_main, "device": device_main, "client": client_main}
 
 
 def main(argv: list[str]) -> None:

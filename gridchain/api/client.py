@@ -10,11 +10,13 @@ into one line for a person: ``NodeUnavailable`` (no connection, or it broke) and
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
-from gridchain.config import Address
-from gridchain.net.messages import (
+from gridchain.config import DEFAULT_PORT, Address
+from gridchain.consensus.errors import GridchainError
+from gridchain.api.messages import (
     MAX_HEADERS, MAX_READINGS_PAGE, BlockEvent, BlockReply, BlockRequest, Error, HeadersReply, HeadersRequest, MessageError, ProofReply,
     ProofRequest, ReadingsReply, ReadingsRequest, Status, StatusRequest, Subscribe, VerifyReply, VerifyRequest,
     decode_message, encode_message,
@@ -22,12 +24,25 @@ from gridchain.net.messages import (
 from gridchain.wire.streams import ConnectionClosed, close_writer, read_frame, write_frame
 from gridchain.wire.frames import MAX_FRAME_BYTES, FrameError
 
+NODE_ENV = "GRIDCHAIN_NODE"  # the node a client asks when none is named (docker-compose sets it per service)
+DEFAULT_NODE = Address("127.0.0.1", DEFAULT_PORT)
 DEFAULT_TIMEOUT_S = 5.0  # a node on the LAN answers status in milliseconds; 5 s means trouble
 # A node audits its whole store for `verify`: ~100k blocks a minute or so, so allow an hour.
 VERIFY_TIMEOUT_S = 3600.0
 # Rows per request: ~140 KB answers. Measured: 1000 streams as fast as the 5000 maximum
 # (~85k rows/s either way) and keeps the client's memory flat.
 READINGS_PAGE = 1000
+
+
+def default_node(env: Mapping[str, str] | None = None) -> Address:
+    """``$GRIDCHAIN_NODE`` (HOST:PORT), else 127.0.0.1:5004; ValueError naming the variable if it is bad."""
+    text = (os.environ if env is None else env).get(NODE_ENV, "").strip()
+    if not text:
+        return DEFAULT_NODE
+    try:
+        return Address.parse(text)
+    except ValueError as exc:
+        raise ValueError(f"{NODE_ENV}: {exc}") from None
 
 
 class NodeUnavailable(Exception):
@@ -39,13 +54,8 @@ class NodeUnavailable(Exception):
         self.detail = detail
 
 
-class RequestFailed(Exception):
+class RequestFailed(GridchainError):
     """The node answered a request with an error (``reason`` is its stable name)."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
 
 
 class NodeClient:

@@ -1,31 +1,30 @@
 """The operator's API on the node's port: status, blocks, readings, proofs, verify, tail.
 
-A connection whose first frame is a client request (not a peer hello) is served here. It
-never joins the gossip; requests are answered in order, and a `subscribe` turns the
-connection into a feed of block events.
+The node's listener hands over each connection whose first frame is a client request (not a
+peer hello). It never joins the gossip; requests are answered in order, and a `subscribe`
+turns the connection into a feed of block events. The server reads the node only through
+``NodeView`` and a status callable, which the node supplies: it never imports the node.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Protocol
 
 import structlog
 
-from gridchain.consensus.merkle import payload_leaves, reading_proof
-from gridchain.ledger.audit import audit_store
-from gridchain.net.messages import (
-    BlockEvent, BlockReply, BlockRequest, Error, HeadersReply, HeadersRequest, MessageError, ProofReply,
+from gridchain.api.messages import (
+    MAX_GAPS, BlockEvent, BlockReply, BlockRequest, Error, HeadersReply, HeadersRequest, MessageError, ProofReply,
     ProofRequest, ReadingsReply, ReadingsRequest, Status, StatusRequest, Subscribe, VerifyReply,
     VerifyRequest, decode_message, encode_message,
 )
-from gridchain.net.peer import IDLE_TIMEOUT_S, READ_CHUNK
-from gridchain.wire.frames import FrameDecoder, FrameError, encode_frame
-
-if TYPE_CHECKING:
-    from gridchain.consensus.chain import ChainEntry
-    from gridchain.node.node import Node
+from gridchain.consensus.block import Block
+from gridchain.consensus.merkle import payload_leaves, reading_proof
+from gridchain.consensus.provenance import ProvenanceError, seal_covering
+from gridchain.wire.frames import FrameError, encode_frame
+from gridchain.wire.streams import ConnectionClosed, FrameReader
 
 log = structlog.get_logger()
 
@@ -35,19 +34,41 @@ MAX_CLIENTS = 32
 SUBSCRIBER_QUEUE = 1000
 MAX_HEADERS_PER_REQUEST = 1000
 WRITE_TIMEOUT_S = 10.0
+# An operator connection with no whole request for this long is closed (tools hold none open idle).
+IDLE_TIMEOUT_S = 180.0
+
+
+class NodeView(Protocol):
+    """What the operator API reads of the node's chain."""
+
+    @property
+    def height(self) -> int: ...  # of the main chain's tip
+    def find_block(self, block_hash: bytes | None, height: int | None) -> tuple[Block, int, bool] | None: ...
+    def main_block(self, height: int) -> Block: ...  # 0 <= height <= self.height
+    def get_block(self, block_hash: bytes) -> Block | None: ...
+    # Rows: relay_id, seq, timestamp_ms, openings, flags, the ten values, block height, block
+    # hash; the cursor (timestamp_ms, relay_id, seq) of the next page, or None after the last.
+    def readings_page(self, relay: str | None, since_ms: int | None, until_ms: int | None,
+                      after: tuple[int, str, int] | None, limit: int
+                      ) -> tuple[list[tuple], tuple[int, str, int] | None]: ...
+    def reading_location(self, relay_id: str, timestamp_ms: int) -> tuple[bytes, int] | None: ...
+    def audit(self) -> object: ...  # an AuditReport (ok, checked, problems, gaps); blocking, run in a thread
 
 
 class ClientSessions:
     """Every operator connection of one node."""
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    def __init__(self, view: NodeView, status: Callable[[], dict], name: str,
+                 decode: Callable[[object], object] = decode_message) -> None:
+        self.view = view
+        self.status = status
+        self.decode = decode  # the node's knows every type its port carries (gridchain.node.port)
         self.sessions: dict[asyncio.Task, asyncio.StreamWriter] = {}
         self.subscribers: set[asyncio.Queue] = set()
-        self.log = log.bind(node=node.name)
+        self.log = log.bind(node=name)
 
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    decoder: FrameDecoder, first: list[object]) -> None:
+    async def serve(self, frames: FrameReader, writer: asyncio.StreamWriter) -> None:
+        """Answer one connection's requests; its first frame is still unread in ``frames``."""
         if len(self.sessions) >= MAX_CLIENTS:
             writer.write(encode_frame(encode_message(Error(reason="busy", detail="too many clients"))))
             writer.transport.abort()
@@ -55,33 +76,29 @@ class ClientSessions:
         task = asyncio.current_task()
         self.sessions[task] = writer
         try:
-            await self._serve(reader, writer, decoder, list(first))
-        except (ConnectionError, OSError, TimeoutError):
+            await self._serve(frames, writer)
+        except (ConnectionClosed, ConnectionError, OSError, TimeoutError):
             pass
         finally:
             self.sessions.pop(task, None)
             writer.transport.abort()
 
-    async def _serve(self, reader, writer, decoder: FrameDecoder, pending: list[object]) -> None:
+    async def _serve(self, frames: FrameReader, writer: asyncio.StreamWriter) -> None:
         while True:
-            while not pending:
-                async with asyncio.timeout(IDLE_TIMEOUT_S * 4):
-                    data = await reader.read(READ_CHUNK)
-                if not data:
-                    return
-                try:
-                    pending.extend(decoder.feed(data))
-                except FrameError as exc:
-                    await self._send(writer, Error(reason=exc.reason, detail=str(exc)))
-                    return
-            raw = pending.pop(0)
             try:
-                request = decode_message(raw)
+                raw = await frames.next(IDLE_TIMEOUT_S)
+            except FrameError as exc:
+                await self._send(writer, Error(reason=exc.reason, detail=str(exc)))
+                return
+            if raw is None:
+                return
+            try:
+                request = self.decode(raw)
             except MessageError as exc:
                 await self._send(writer, Error(reason=exc.reason, detail=exc.detail))
                 continue
             if isinstance(request, Subscribe):
-                await self._stream_events(reader, writer)
+                await self._stream_events(frames.reader, writer)
                 return
             await self._send(writer, await self._answer(request))
 
@@ -93,7 +110,7 @@ class ClientSessions:
     async def _answer(self, request: object) -> object:
         try:
             if isinstance(request, StatusRequest):
-                return Status(info=self.node.status())
+                return Status(info=self.status())
             if isinstance(request, BlockRequest):
                 return self._block(request)
             if isinstance(request, HeadersRequest):
@@ -110,51 +127,54 @@ class ClientSessions:
 
     # --- answers ---------------------------------------------------------------------------
     def _block(self, request: BlockRequest):
-        ledger = self.node.ledger
-        if request.hash is not None:
-            entry = ledger.chain.get(request.hash)
-        else:
-            entry = ledger.chain.main_at(request.height)
-        if entry is None:
+        found = self.view.find_block(request.hash, request.height)
+        if found is None:
             raise LookupError(f"no block {request.hash.hex() if request.hash else request.height}")
-        return BlockReply(block=ledger.get_block(entry.hash), height=entry.height,
-                          main=ledger.chain.is_main(entry))
+        block, height, main = found
+        return BlockReply(block=block, height=height, main=main)
 
     def _headers(self, request: HeadersRequest):
-        chain = self.node.ledger.chain
-        stop = min(request.stop, chain.height, request.start + MAX_HEADERS_PER_REQUEST - 1)
+        stop = min(request.stop, self.view.height, request.start + MAX_HEADERS_PER_REQUEST - 1)
         rows = []
         for height in range(max(0, request.start), stop + 1):
-            block = self.node.ledger.get_block(chain.main_at(height).hash)
-            rows.append(_header_row(block, height))
+            rows.append(_header_row(self.view.main_block(height), height))
         return HeadersReply(rows=tuple(rows))
 
     def _readings(self, request: ReadingsRequest):
-        rows, after = self.node.ledger.store.readings_page(
+        rows, after = self.view.readings_page(
             relay=request.relay, since_ms=request.since_ms, until_ms=request.until_ms,
             after=tuple(request.after) if request.after else None, limit=request.limit)
         return ReadingsReply(rows=tuple(tuple(row) for row in rows), next=after)
 
     def _proof(self, request: ProofRequest):
-        ledger = self.node.ledger
-        location = ledger.store.reading_location(request.relay, request.timestamp_ms)
+        location = self.view.reading_location(request.relay, request.timestamp_ms)
         if location is None:
             raise LookupError(f"no reading of {request.relay!r} at {request.timestamp_ms} on the main chain")
         block_hash, height = location
-        block = ledger.get_block(block_hash)
+        block = self.view.get_block(block_hash)
+        if block is None:
+            raise LookupError(f"block {block_hash.hex()} holding the reading is not stored")
         capture = block.capture
+        # Readings are in seq order, so the first at this time is the lowest seq, as the store locates it.
         index = next(i for i, r in enumerate(capture.readings) if r.timestamp_ms == request.timestamp_ms)
+        try:
+            seal, path_to_seal = seal_covering(capture.readings, capture.seals, index)
+        except ProvenanceError as exc:  # a stored block's seals partition its readings; never expected
+            raise LookupError(f"block {block_hash.hex()}: {exc.detail}") from None
         leaves = payload_leaves(capture, block.miner_name)
         return ProofReply(header=block.header.to_bytes(), leaf=leaves[index + 1], index=index + 1,
                           size=len(leaves), path=tuple(reading_proof(capture, block.miner_name, index)),
                           height=height, hash=block.hash, miner_name=block.miner_name,
-                          relay_id=capture.relay_id, substation=capture.substation, openings=capture.openings)
+                          relay_id=capture.relay_id, substation=capture.substation, relay_key=capture.relay_key,
+                          seq=capture.readings[index].seq, seal=seal, seal_path=tuple(path_to_seal))
 
     async def _verify(self):
-        report = await asyncio.to_thread(audit_store, self.node.ledger.store.path, self.node.params)
+        report = await asyncio.to_thread(self.view.audit)
         problems = tuple((p[0], bytes.fromhex(p[1]) if isinstance(p[1], str) else p[1], p[2])
                          for p in report.problems)
-        return VerifyReply(ok=report.ok, checked=report.checked, problems=problems)
+        gaps = tuple({**gap.as_dict(), "block_hash": gap.block_hash} for gap in report.gaps[:MAX_GAPS])
+        return VerifyReply(ok=report.ok, checked=report.checked, problems=problems, gaps=gaps,
+                           gaps_omitted=max(0, len(report.gaps) - MAX_GAPS))
 
     # --- tail ---------------------------------------------------------------------------------
     async def _stream_events(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -176,17 +196,13 @@ class ClientSessions:
             closed.cancel()
             self.subscribers.discard(queue)
 
-    def publish_new_tip(self, old_tip: ChainEntry) -> None:
-        """Queue an event for each block that joined the main chain since ``old_tip``."""
-        if not self.subscribers:
-            return
-        chain = self.node.ledger.chain
-        fork = old_tip
-        while fork is not None and not chain.is_main(fork):
-            fork = fork.parent
-        start = fork.height + 1 if fork is not None else 0
-        for height in range(start, chain.height + 1):
-            block = self.node.ledger.get_block(chain.main_at(height).hash)
+    @property
+    def has_subscribers(self) -> bool:
+        return bool(self.subscribers)
+
+    def publish(self, joined: list[tuple[Block, int]]) -> None:
+        """Queue an event for each (block, height) that joined the main chain, in order."""
+        for block, height in joined:
             event = BlockEvent(**_event_fields(block, height))
             for queue in list(self.subscribers):
                 try:

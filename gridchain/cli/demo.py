@@ -1,5 +1,14 @@
 """`gridchain demo`: the relay and four nodes on this machine, with a live view.
 
+With ``--protocol modbus|iec61850|dnp3`` the relay is the substation gateway reading a
+simulated device (``gridchain-device``) over that protocol: device -> gateway -> four nodes,
+with the real protocol stacks in between; ``sim`` (the default) is the gateway's built-in
+simulator.
+
+The demo is the secure setup, made for you: before anything starts it makes each node's key
+in its data dir and the relay's key in the relay's, and writes ``network.toml`` naming every
+node as a member and the relay with its key (what ``gridchain network init`` does), so the
+nodes run a closed network (``--network-file``) and accept only readings the relay signed.
 Every program runs as its own child process (``python -m gridchain relay|node``), as it
 would in production, each writing JSON log lines to ``<name>.log`` in the data dir. The
 demo waits until every node answers ``status``, then redraws a view about once a second
@@ -25,8 +34,20 @@ from pathlib import Path
 
 from gridchain.api.client import NodeClient, NodeUnavailable, RequestFailed
 from gridchain.config import DEFAULT_NETWORK, DEFAULT_PORT, DEFAULT_RELAY_PORT, Address
+from gridchain.cli.commands.network import write_network_file
 from gridchain.cli.commands.output import iso_ms
+from gridchain.cli.settings import DEFAULT_RELAY_ID, DEFAULT_SUBSTATION
 from gridchain.consensus.block import short_hash
+from gridchain.identity.keys import RELAY_KEY_FILE, NodeKey, RelayKey
+from gridchain.identity.network_file import Member, NetworkDocument, RelayEntry
+
+PROTOCOLS = ("sim", "modbus", "iec61850", "dnp3")
+# The device URL the gateway reads each protocol's simulated device with (port filled in).
+DEVICE_URLS = {"modbus": "modbus://127.0.0.1:{port}?unit=1&map=sel751",
+               "iec61850": "iec61850://127.0.0.1:{port}/GRIDSIMLD0",
+               "dnp3": "dnp3://127.0.0.1:{port}?outstation=10"}
+NETWORK_FILE = "network.toml"  # in the demo's data dir, next to the nodes' and the relay's dirs
+RELAY_DIR = "relay"
 
 STARTUP_TIMEOUT_S = 30.0  # four Python processes importing and binding: seconds, even on a slow disk
 STOP_TIMEOUT_S = 10.0  # a node promises to exit within 5 s of SIGTERM; then SIGKILL
@@ -64,6 +85,11 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
     p.add_argument("--difficulty", type=int, default=16, metavar="BITS", help="default: 16")
     p.add_argument("--network", default=DEFAULT_NETWORK, help=f"default: {DEFAULT_NETWORK}")
     p.add_argument("--duration", type=float, metavar="SECONDS", help="stop by itself after this long")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="sim", help="sim: the gateway's built-in simulator; "
+                   "modbus, iec61850, dnp3: a simulated device served over that protocol, read by the gateway "
+                   "(default: sim)")
+    p.add_argument("--device-port", type=int, metavar="PORT", help="the simulated device's port (default: "
+                   "the relay port + 10)")
     p.set_defaults(func=demo_command)
 
 
@@ -76,7 +102,10 @@ def demo_command(args: argparse.Namespace) -> int:
         print("gridchain: error: --nodes must be 1..16", file=sys.stderr)
         return 2
     ports = [args.base_port + i for i in range(args.nodes)]
-    busy = [p for p in [*ports, args.relay_port] if not _port_free(p)]
+    if getattr(args, "protocol", "sim") != "sim" and args.device_port is None:
+        args.device_port = args.relay_port + 10
+    device_ports = [args.device_port] if getattr(args, "protocol", "sim") != "sim" else []
+    busy = [p for p in [*ports, args.relay_port, *device_ports] if not _port_free(p)]
     if busy:
         print(f"gridchain: error: port {busy[0]} is in use (another demo or node running? try --base-port)",
               file=sys.stderr)
@@ -102,25 +131,68 @@ def _port_free(port: int) -> bool:
     return True
 
 
+def make_network(args: argparse.Namespace, ports: list[int], data_dir: Path) -> tuple[Path, NetworkDocument]:
+    """Make (or reuse) every key and write the network file naming them; only public keys leave a dir."""
+    members = [Member(f"node-{port}", NodeKey.load_or_create(_node_dir(data_dir, port)).public_key,
+                      Address("127.0.0.1", port)) for port in ports]
+    relay_key, _ = RelayKey.open_path(_relay_dir(data_dir) / RELAY_KEY_FILE)
+    document = NetworkDocument(args.network, args.difficulty, tuple(members),
+                               (RelayEntry(DEFAULT_RELAY_ID, DEFAULT_SUBSTATION, relay_key.public_key),))
+    path = data_dir / NETWORK_FILE
+    write_network_file(path, document)
+    return path, document
+
+
+def _node_dir(data_dir: Path, port: int) -> Path:
+    path = data_dir / f"node-{port}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _relay_dir(data_dir: Path) -> Path:
+    path = data_dir / RELAY_DIR
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 async def _run(args: argparse.Namespace, ports: list[int], data_dir: Path, stop: asyncio.Event,
                result: list[int]) -> None:
     children: list[Child] = []
     try:
+        network_file, document = make_network(args, ports, data_dir)
+        relay_dir = _relay_dir(data_dir)
+        protocol = getattr(args, "protocol", "sim")
+        source = []
+        if protocol != "sim":
+            # The device first: a real relay is there before its gateway is pointed at it.
+            children.append(await _spawn("device", ["device", f"--{protocol}", str(args.device_port), "--interval",
+                                                    str(args.relay_interval), "--log-format", "json"],
+                                         data_dir, Address("127.0.0.1", args.device_port)))
+            if not await _wait_port(args.device_port, children, stop):
+                result[0] = 1
+                return
+            source = ["--device", f"{DEFAULT_RELAY_ID}={DEVICE_URLS[protocol].format(port=args.device_port)}",
+                      "--poll-interval", str(args.relay_interval)]
         relay = await _spawn("relay", ["relay", "--port", str(args.relay_port), "--interval",
-                                       str(args.relay_interval), "--log-format", "json"],
+                                       str(args.relay_interval), "--relay-id", DEFAULT_RELAY_ID, *source,
+                                       "--substation", DEFAULT_SUBSTATION, "--data-dir", str(relay_dir),
+                                       "--key-file", str(relay_dir / RELAY_KEY_FILE), "--log-format", "json"],
                              data_dir, Address("127.0.0.1", args.relay_port))
         children.append(relay)
         for port in ports:
             peers = [arg for other in ports if other != port for arg in ("--peer", f"127.0.0.1:{other}")]
             name = f"node-{port}"
             children.append(await _spawn(name, [
-                "node", "--port", str(port), *peers, "--relay", f"127.0.0.1:{args.relay_port}",
-                "--data-dir", str(data_dir / name), "--network", args.network, "--difficulty", str(args.difficulty),
+                "node", "--port", str(port), "--name", name, *peers, "--relay", f"127.0.0.1:{args.relay_port}",
+                "--data-dir", str(_node_dir(data_dir, port)), "--network-file", str(network_file),
                 "--capture-interval", str(args.capture_interval), "--log-format", "json"],
                 data_dir, Address("127.0.0.1", port)))
-        nodes = children[1:]
-        print(f"demo: relay on {args.relay_port}, nodes on {ports[0]}-{ports[-1]}, data and logs in {data_dir}",
+        nodes = [c for c in children if c.name.startswith("node-")]
+        via = "" if protocol == "sim" else f", reading a {protocol} device on {args.device_port}"
+        print(f"demo: relay on {args.relay_port}{via}, nodes on {ports[0]}-{ports[-1]}, data and logs in {data_dir}",
               flush=True)
+        print(f"demo: network file {network_file} ({len(document.members)} members, relay {DEFAULT_RELAY_ID!r}, "
+              f"network hash {document.network_hash().hex()[:16]})", flush=True)
         print("demo: pids " + " ".join(f"{c.name}={c.proc.pid}" for c in children), flush=True)
         if not await _wait_until_up(nodes, children, stop):
             result[0] = 1
@@ -130,6 +202,26 @@ async def _run(args: argparse.Namespace, ports: list[int], data_dir: Path, stop:
         await _stop_all(children)
         print("demo: stopped " + ", ".join(f"{c.name} ({_exit_text(c.proc.returncode)})" for c in children),
               flush=True)
+
+
+async def _wait_port(port: int, children: list[Child], stop: asyncio.Event) -> bool:
+    """Wait until something listens on ``port`` (the device), or a child exits."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline and not stop.is_set():
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            for child in children:
+                if child.proc.returncode is not None:
+                    print(f"demo: {child.name} exited ({_exit_text(child.proc.returncode)}): "
+                          f"{child.last_log_line()}", file=sys.stderr)
+                    return False
+            await asyncio.sleep(0.1)
+            continue
+        writer.close()
+        return True
+    print(f"demo: nothing listens on {port} after {STARTUP_TIMEOUT_S:g} s", file=sys.stderr)
+    return False
 
 
 async def _spawn(name: str, argv: list[str], data_dir: Path, address: Address) -> Child:
@@ -212,9 +304,11 @@ async def _live_view(args: argparse.Namespace, nodes: list[Child], data_dir: Pat
 
 
 async def _stop_all(children: list[Child]) -> None:
-    """SIGTERM the nodes, then the relay; SIGKILL whatever is still there after the timeout."""
-    nodes, relays = [c for c in children if c.name != "relay"], [c for c in children if c.name == "relay"]
-    for group in (nodes, relays):
+    """SIGTERM the nodes, then the relay, then the device; SIGKILL whatever outlives the timeout."""
+    nodes = [c for c in children if c.name not in ("relay", "device")]
+    relays = [c for c in children if c.name == "relay"]
+    devices = [c for c in children if c.name == "device"]
+    for group in (nodes, relays, devices):
         for child in group:
             if child.proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -253,11 +347,12 @@ def _block_lines(block) -> list[str]:
         return ["last block   (none yet: the first capture is on its way)"]
     capture = block.capture
     lines = [f"last block   {block.height}  {short_hash(block.hash)}  mined by {block.miner_name} "
-             f"at {iso_ms(block.header.time_ms)}",
-             f"             {capture.relay_id} at {capture.substation}: {len(capture.readings)} readings, "
-             f"{capture.openings} fault openings"]
+             f"at {iso_ms(block.header.time_ms)}"]
     if capture.readings:
         r = capture.readings[-1]
+        lines.append(f"             {capture.relay_id} at {capture.substation}: {len(capture.readings)} readings, "
+                     f"seq {capture.readings[0].seq}..{r.seq}, {len(capture.seals)} seal(s) by relay key "
+                     f"{capture.relay_key.hex()[:16]}, {r.openings} fault openings")
         lines.append(f"newest       {iso_ms(r.timestamp_ms)}  Vab {r.vab:.2f} kV  Ia {r.ia:.1f} A  "
                      f"f {r.frequency:.3f} Hz  PF {r.power_factor:.3f}  P {r.active_power:.2f} MW  "
                      f"Q {r.reactive_power:.2f} MVAr")

@@ -1,4 +1,5 @@
-"""Entry points: gridchaind (one node), gridchain-relay (the simulated relay), gridchain (client).
+"""Entry points: gridchaind (one node), gridchain-relay (the gateway), gridchain-device (a simulated
+device), gridchain (client).
 
 Each daemon parses its settings, configures logging (the only place that does), and runs on
 uvloop until SIGINT or SIGTERM sets its stop event; it then shuts down cleanly and exits 0.
@@ -16,7 +17,7 @@ from collections.abc import Awaitable, Sequence
 import uvloop
 
 from gridchain.cli.logs import configure_logging
-from gridchain.cli.settings import load_node_settings, load_relay_settings
+from gridchain.cli.settings import load_device_settings, load_node_settings, load_relay_settings
 from gridchain.cli.signals import run_until_signalled
 
 
@@ -54,25 +55,59 @@ def node_main(argv: Sequence[str] | None = None) -> None:
 
 
 def relay_main(argv: Sequence[str] | None = None) -> None:
-    """gridchain-relay: serve the simulated relay until SIGINT/SIGTERM."""
+    """gridchain-relay: the substation gateway (default: one simulated relay) until SIGINT/SIGTERM."""
     settings = load_relay_settings(argv)
     configure_logging(settings.log_format, settings.log_level)
-    from gridchain.relay.server import run_relay
+    from gridchain.identity.keys import KeyFileError
+    from gridchain.relay.journal import RelayStateError
+    from gridchain.relay.server import DeviceConfig, run_gateway
+    from gridchain.relay.sources.base import SourceError
+
+    devices = [DeviceConfig(relay_id, url) for relay_id, url in settings.devices] or [DeviceConfig(settings.relay_id)]
 
     def run(stop: asyncio.Event) -> Awaitable[None]:
-        return run_relay(settings.host, settings.port, settings.interval_s, settings.relay_id,
-                         settings.substation, settings.seed, settings.capture_dir, stop,
-                         fault_probability=settings.fault_probability)
+        return run_gateway(settings.host, settings.port, devices, settings.substation, stop,
+                           interval_s=settings.interval_s, poll_interval_s=settings.poll_interval_s,
+                           seed=settings.seed, capture_dir=settings.capture_dir,
+                           fault_probability=settings.fault_probability, data_dir=settings.data_dir,
+                           key_file=settings.key_file)
 
     try:
         uvloop.run(run_until_signalled(run))
+    except (KeyFileError, RelayStateError, SourceError) as exc:
+        fail("gridchain-relay", str(exc))
     except OSError as exc:
+        if exc.filename:  # the data dir, not the socket
+            fail("gridchain-relay", f"{exc.strerror or exc}: {exc.filename}")
         fail("gridchain-relay", f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}")
     except ValueError as exc:
         fail("gridchain-relay", str(exc), 2)
     except asyncio.CancelledError:
         fail("gridchain-relay", "stopped before shutdown finished (second signal)")
     except KeyboardInterrupt:  # Ctrl-C before the signal handlers were in place
+        raise SystemExit(130) from None
+
+
+def device_main(argv: Sequence[str] | None = None) -> None:
+    """gridchain-device: serve the simulated relay over Modbus TCP / IEC 61850 / DNP3."""
+    args = load_device_settings(argv)
+    configure_logging(args.log_format, args.log_level)
+    from gridchain.relay.devices.serve import DeviceServeConfig, run_devices
+    from gridchain.relay.sources.base import SourceError
+
+    config = DeviceServeConfig(args.host, args.modbus, args.iec61850, args.dnp3, args.interval, args.seed,
+                               identity=args.identity, unit=args.unit, modbus_map=args.modbus_map,
+                               outstation=args.outstation, dnp3_map=args.dnp3_map,
+                               fault_probability=args.fault_probability)
+    try:
+        uvloop.run(run_until_signalled(lambda stop: run_devices(config, stop)))
+    except SourceError as exc:
+        fail("gridchain-device", str(exc), 2)
+    except OSError as exc:
+        fail("gridchain-device", f"cannot serve: {exc.strerror or exc}")
+    except asyncio.CancelledError:
+        fail("gridchain-device", "stopped before shutdown finished (second signal)")
+    except KeyboardInterrupt:
         raise SystemExit(130) from None
 
 

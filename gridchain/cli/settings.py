@@ -1,10 +1,13 @@
 """Command-line, TOML and environment settings for gridchaind and gridchain-relay.
 
 A node's settings come from four layers, the first that names a setting winning:
-flags > environment (``GRIDCHAIN_<NAME>``) > TOML file (``--config``) > defaults. Every
+flags > environment (``GRIDCHAIN_<NAME>``) > TOML file (``--config``, else
+``/etc/gridchain/node.toml`` when it exists) > defaults. Every
 value is checked the same way whatever its source, and a bad one stops the program with one
 line naming where it came from and what is wrong (exit status 2, as argparse does), never a
 traceback. List settings (peers, relays, members) are replaced by a higher layer, not merged.
+A ``GRIDCHAIN_*`` variable that names no setting is refused as a TOML typo is: a misspelt
+``GRIDCHAIN_PEER`` must not leave a node running alone.
 """
 
 from __future__ import annotations
@@ -19,12 +22,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gridchain.config import (
-    DEFAULT_CAPTURE_INTERVAL_S, DEFAULT_DIFFICULTY, DEFAULT_NETWORK, DEFAULT_PORT, DEFAULT_RELAY_PORT,
-    MIN_CAPTURE_INTERVAL_S, Address, NodeConfig,
+    DEFAULT_BAN_SECONDS, DEFAULT_CAPTURE_INTERVAL_S, DEFAULT_DIFFICULTY, DEFAULT_HOST, DEFAULT_MAX_INBOUND,
+    DEFAULT_MIN_PEERS, DEFAULT_MINING_THREADS, DEFAULT_NETWORK, DEFAULT_PORT, DEFAULT_REDIAL_MAX_S,
+    DEFAULT_RELAY_PORT, MIN_CAPTURE_INTERVAL_S, Address, NodeConfig,
 )
 from gridchain.cli.logs import FORMATS, LEVELS
+from gridchain.cli.version import add_version_flag
+from gridchain.identity.network_file import NetworkFileError
+from gridchain.identity.node_network import NetworkSettingConflict, settings_from_network_file
 
 ENV_PREFIX = "GRIDCHAIN_"
+# Read when neither --config nor GRIDCHAIN_CONFIG names a file (deploy/node.toml is an example).
+DEFAULT_CONFIG_PATH = Path("/etc/gridchain/node.toml")
+# GRIDCHAIN_* variables other gridchain programs read (the client's default node, the test
+# suite's replay seeds and soak knobs): a node started beside them must not refuse them.
+OTHER_PROGRAMS_ENV = frozenset({
+    "GRIDCHAIN_NODE", "GRIDCHAIN_SOAK_SECONDS", "GRIDCHAIN_SOAK_SEED", "GRIDCHAIN_SOAK_REPORT",
+    "GRIDCHAIN_CRASH_SEED", "GRIDCHAIN_PARTITION_SEED",
+})
 # Leading zero bits of a block hash; past 64 no machine would ever mine a block.
 MAX_DIFFICULTY = 64
 # Miner and network names end up in blocks, whose text fields hold at most 256 bytes
@@ -35,6 +50,7 @@ MIN_RELAY_INTERVAL_S = 0.1  # the relay refuses finer ticks (relay.server.MIN_IN
 DEFAULT_RELAY_INTERVAL_S = 10.0  # the prototype relay's reading interval
 DEFAULT_RELAY_ID = "Relay 1"
 DEFAULT_SUBSTATION = "Bogotá Electrical Substation - U.D."
+DEFAULT_RELAY_DATA_DIR = DEFAULT_DATA_ROOT / "relay"  # the relay's key, journal and state
 
 
 class SettingError(ValueError):
@@ -91,6 +107,8 @@ def _choice(options: Sequence[str]) -> Callable[[object], str]:
 def _address(raw: object) -> Address:
     if not isinstance(raw, str):
         raise ValueError(f"{raw!r} is not a HOST:PORT string")
+    if "," in raw or any(c.isspace() for c in raw.strip()):
+        raise ValueError(f"{raw!r} is not one HOST:PORT (one address per list item)")
     return Address.parse(raw)
 
 
@@ -131,7 +149,7 @@ class Setting:
 
 
 NODE_SETTINGS: tuple[Setting, ...] = (
-    Setting("host", _text(), "127.0.0.1", "address to listen on (0.0.0.0: every interface)"),
+    Setting("host", _text(), DEFAULT_HOST, "address to listen on (0.0.0.0: every interface)"),
     Setting("port", _integer(1, 65535), DEFAULT_PORT, "TCP port for peers and the gridchain client"),
     Setting("peers", _address, (), "a peer to keep connected to (repeatable)", many=True, flag="--peer",
             metavar="HOST:PORT"),
@@ -145,14 +163,19 @@ NODE_SETTINGS: tuple[Setting, ...] = (
     Setting("capture_interval", _number(MIN_CAPTURE_INTERVAL_S), DEFAULT_CAPTURE_INTERVAL_S,
             "seconds between relay captures (fractions allowed)", metavar="SECONDS"),
     Setting("name", _text(MAX_NAME_BYTES), "", "miner name written into this node's blocks (default: node-<port>)"),
-    Setting("min_peers", _integer(0), 0, "connected peers needed before mining", metavar="N"),
+    Setting("min_peers", _integer(0), DEFAULT_MIN_PEERS, "connected peers needed before mining", metavar="N"),
     Setting("members", _member_key, (), "miner key allowed on a permissioned network (repeatable)", many=True,
             flag="--member", metavar="HEXKEY"),
-    Setting("max_inbound", _integer(0), 64, "inbound peer connections accepted at once", metavar="N"),
-    Setting("ban_seconds", _number(0.0), 600.0, "how long a misbehaving peer's address stays banned", metavar="S"),
-    Setting("redial_max", _number(0.1), 30.0, "cap of the doubling redial delay for configured peers",
+    Setting("network_file", _path, None, "the network file naming its members and relays (gridchain network "
+            "init); it decides network, difficulty and members (default: an open development network)",
+            metavar="FILE"),
+    Setting("max_inbound", _integer(0), DEFAULT_MAX_INBOUND, "inbound peer connections accepted at once",
+            metavar="N"),
+    Setting("ban_seconds", _number(0.0), DEFAULT_BAN_SECONDS, "how long a misbehaving peer's address stays banned",
             metavar="S"),
-    Setting("mining_threads", _integer(1, 256), 1, "threads hashing one block", metavar="N"),
+    Setting("redial_max", _number(0.1), DEFAULT_REDIAL_MAX_S, "cap of the doubling redial delay for configured peers",
+            metavar="S"),
+    Setting("mining_threads", _integer(1, 256), DEFAULT_MINING_THREADS, "threads hashing one block", metavar="N"),
     Setting("log_format", _choice(FORMATS), "auto", "auto: JSON lines unless stdout is a terminal",
             metavar="{" + ",".join(FORMATS) + "}"),
     Setting("log_level", _choice(LEVELS), "info", "least severe level logged", metavar="LEVEL"),
@@ -183,6 +206,11 @@ class RelaySettings:
     fault_probability: float | None
     log_format: str
     log_level: str
+    data_dir: Path = DEFAULT_RELAY_DATA_DIR
+    key_file: Path | None = None  # None: <data_dir>/relay.key
+    # (relay id, source URL) per relay the gateway serves; empty: one simulated relay, relay_id.
+    devices: tuple[tuple[str, str], ...] = ()
+    poll_interval_s: float | None = None  # None: the same as interval_s
 
 
 def build_node_parser() -> argparse.ArgumentParser:
@@ -190,7 +218,9 @@ def build_node_parser() -> argparse.ArgumentParser:
         prog="gridchaind", description="Run one gridchain node.",
         epilog=f"Every setting may also come from a TOML file (--config; keys as the flags, with _ for -) "
                f"or from {ENV_PREFIX}<NAME> environment variables (lists comma-separated). "
-               "Precedence: flags, environment, file, defaults.")
+               f"Precedence: flags, environment, file, defaults. Without --config, {DEFAULT_CONFIG_PATH} is read "
+               "when it exists. List flags also take comma-separated values (--peer a:1,b:2).")
+    add_version_flag(parser)
     for s in NODE_SETTINGS:
         default = "none" if s.many else ("gridchain-data/<port>" if s.default is None else s.default)
         help_text = s.help if s.many or s.key in ("data_dir", "name") else f"{s.help} (default: {default})"
@@ -199,16 +229,18 @@ def build_node_parser() -> argparse.ArgumentParser:
         else:
             parser.add_argument(s.option, dest=s.key, default=None, metavar=s.metavar or s.key.upper(), help=help_text)
     parser.add_argument("--config", metavar="FILE.toml", default=None,
-                        help=f"read settings from this TOML file (or {ENV_PREFIX}CONFIG)")
+                        help=f"read settings from this TOML file (or {ENV_PREFIX}CONFIG; default: "
+                             f"{DEFAULT_CONFIG_PATH} if it exists)")
     return parser
 
 
-def load_node_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> NodeSettings:
+def load_node_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None,
+                       default_config: Path | None = DEFAULT_CONFIG_PATH) -> NodeSettings:
     """Parse gridchaind's flags, environment and config file; exit 2 with one line on bad input."""
     parser = build_node_parser()
     args = parser.parse_args(argv)
     try:
-        return resolve_node_settings(vars(args), os.environ if env is None else env)
+        return resolve_node_settings(vars(args), os.environ if env is None else env, default_config)
     except SettingError as exc:
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
 
@@ -217,17 +249,31 @@ def load_node_config(argv: Sequence[str] | None = None, env: Mapping[str, str] |
     return load_node_settings(argv, env).config
 
 
-def resolve_node_settings(flags: Mapping[str, object], env: Mapping[str, str]) -> NodeSettings:
-    """Layer defaults < file < environment < flags; raises SettingError naming the culprit."""
+def resolve_node_settings(flags: Mapping[str, object], env: Mapping[str, str],
+                          default_config: Path | None = DEFAULT_CONFIG_PATH) -> NodeSettings:
+    """Layer defaults < file < environment < flags; raises SettingError naming the culprit.
+
+    ``default_config`` is read when no file is named and it exists (None: never).
+    """
     values: dict[str, object] = {s.key: s.default for s in NODE_SETTINGS}
-    config_file = flags.get("config") or env.get(ENV_PREFIX + "CONFIG") or None
-    if config_file:
-        values.update(_from_file(Path(config_file)))
-    values.update(_from_env(env))
+    config_file = flags.get("config") or env.get(ENV_PREFIX + "CONFIG", "").strip() or None
+    if config_file is None and default_config is not None and default_config.is_file():
+        config_file = default_config
+    layers = [_from_file(Path(config_file)) if config_file else {}, _from_env(env)]
+    for layer in layers:
+        values.update(layer)
     for s in NODE_SETTINGS:
         raw = flags.get(s.key)
         if raw is not None:
+            if s.many:  # --peer a:1,b:2 is two peers, as GRIDCHAIN_PEERS=a:1,b:2 is
+                raw = [part.strip() for item in raw for part in str(item).split(",") if part.strip()]
             values[s.key] = _checked(s, raw, s.option)
+    if values["network_file"] is not None:
+        explicit = {key for layer in layers for key in layer} | {k for k, v in flags.items() if v is not None}
+        try:
+            values.update(settings_from_network_file(values["network_file"], values, explicit))
+        except (NetworkFileError, NetworkSettingConflict) as exc:
+            raise SettingError(f"--network-file: {exc}") from None
     port = values["port"]
     config = NodeConfig(
         data_dir=values["data_dir"] or DEFAULT_DATA_ROOT / str(port), host=values["host"], port=port,
@@ -236,6 +282,7 @@ def resolve_node_settings(flags: Mapping[str, object], env: Mapping[str, str]) -
         min_peers=values["min_peers"], members=frozenset(values["members"]) or None,
         max_inbound=values["max_inbound"], ban_seconds=values["ban_seconds"],
         mining_threads=values["mining_threads"], redial_max_s=values["redial_max"],
+        network_file=values["network_file"],
     )
     return NodeSettings(config, values["log_format"], values["log_level"])
 
@@ -252,6 +299,15 @@ def _checked(s: Setting, raw: object, where: str) -> object:
 
 
 def _from_env(env: Mapping[str, str]) -> dict[str, object]:
+    known = {s.env for s in NODE_SETTINGS} | {ENV_PREFIX + "CONFIG"} | OTHER_PROGRAMS_ENV
+    unknown = sorted(name for name in env if name.startswith(ENV_PREFIX) and name not in known)
+    if unknown:
+        hints = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, sorted(known - OTHER_PROGRAMS_ENV), n=1)
+            hints.append(f"{name} (did you mean {close[0]}?)" if close else name)
+        raise SettingError(f"unknown environment variable{'s' if len(unknown) > 1 else ''} {', '.join(hints)}; "
+                           f"gridchaind reads {ENV_PREFIX}<SETTING> for the settings in --help")
     values = {}
     for s in NODE_SETTINGS:
         raw = env.get(s.env, "").strip()
@@ -296,8 +352,17 @@ def _argparse_type(check: Callable[[object], object]) -> Callable[[str], object]
 
 
 def build_relay_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gridchain-relay", description="Run the simulated protection relay.")
+    parser = argparse.ArgumentParser(
+        prog="gridchain-relay", description="Run the substation gateway: read relays over Modbus TCP, IEC 61850 or "
+        "DNP3 (or the built-in simulator), sign their readings, serve them to the nodes.")
+    add_version_flag(parser)
     add = parser.add_argument
+    add("--device", dest="devices", action="append", default=[], type=_argparse_type(_device),
+        metavar="RELAY_ID=URL", help="a relay and the device it reads (repeatable): URL is sim, "
+        "modbus://HOST:PORT?unit=N&map=NAME, iec61850://HOST:PORT/LD or dnp3://HOST:PORT?outstation=N "
+        "(default: one simulated relay named by --relay-id)")
+    add("--poll-interval", default=None, type=_argparse_type(_number(MIN_RELAY_INTERVAL_S)), metavar="SECONDS",
+        help="seconds between polls of each device (default: --interval)")
     add("--host", default="127.0.0.1", type=_argparse_type(_text()), help="address to listen on (default: 127.0.0.1)")
     add("--port", default=DEFAULT_RELAY_PORT, type=_argparse_type(_integer(1, 65535)),
         help=f"TCP port (default: {DEFAULT_RELAY_PORT})")
@@ -312,9 +377,30 @@ def build_relay_parser() -> argparse.ArgumentParser:
     add("--capture-dir", default=None, type=Path, metavar="DIR", help="also write capture files here")
     add("--fault-probability", default=None, type=_argparse_type(_number(0.0)), metavar="P",
         help="chance of a fault per reading (default: one every 30 minutes on average)")
+    add("--data-dir", default=DEFAULT_RELAY_DATA_DIR, type=_argparse_type(_path), metavar="DIR",
+        help=f"where the relay keeps its key, sequence and buffer (default: {DEFAULT_RELAY_DATA_DIR})")
+    add("--key-file", default=None, type=_argparse_type(_path), metavar="FILE",
+        help="the relay's Ed25519 key, made 0600 on first start (default: <data-dir>/relay.key)")
     add("--log-format", default="auto", choices=FORMATS, help="auto: JSON lines unless stdout is a terminal")
     add("--log-level", default="info", choices=LEVELS, type=str.lower, help="least severe level logged")
     return parser
+
+
+def _device(text: object) -> tuple[str, str]:
+    """``RELAY_ID=URL``: the URL is checked here, so a typo fails before anything starts."""
+    from gridchain.relay.sources.base import SourceError
+    from gridchain.relay.sources.urls import parse_source_url
+
+    relay_id, sep, url = str(text).partition("=")
+    relay_id, url = relay_id.strip(), url.strip()
+    if not sep or not relay_id or not url:
+        raise ValueError(f"{text!r} is not RELAY_ID=URL (e.g. 'Relay 1=modbus://10.0.0.21:502?unit=1')")
+    _text(MAX_NAME_BYTES)(relay_id)
+    try:
+        parse_source_url(url)
+    except SourceError as exc:
+        raise ValueError(exc.detail) from None
+    return relay_id, url
 
 
 def load_relay_settings(argv: Sequence[str] | None = None) -> RelaySettings:
@@ -322,6 +408,48 @@ def load_relay_settings(argv: Sequence[str] | None = None) -> RelaySettings:
     args = parser.parse_args(argv)
     if args.fault_probability is not None and args.fault_probability > 1.0:
         parser.error(f"argument --fault-probability: {args.fault_probability} is above 1")
+    ids = [relay_id for relay_id, _ in args.devices]
+    if len(set(ids)) != len(ids):
+        parser.error(f"argument --device: relay id {next(i for i in ids if ids.count(i) > 1)!r} is given twice")
     return RelaySettings(args.host, args.port, args.interval, args.relay_id, args.substation, args.seed,
-                         args.capture_dir, args.fault_probability, args.log_format, args.log_level)
+                         args.capture_dir, args.fault_probability, args.log_format, args.log_level,
+                         args.data_dir, args.key_file, tuple(args.devices), args.poll_interval)
 
+
+
+# --- gridchain-device ---------------------------------------------------------------------------
+def build_device_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gridchain-device", description="Serve the simulated relay as a real device: a Modbus TCP server, "
+        "an IEC 61850 MMS server and/or a DNP3 outstation (for tests, demos and trying a gateway).")
+    add_version_flag(parser)
+    add = parser.add_argument
+    port = _argparse_type(_integer(0, 65535))
+    add("--host", default="127.0.0.1", type=_argparse_type(_text()), help="address to listen on (default: 127.0.0.1)")
+    add("--modbus", type=port, metavar="PORT", help="serve Modbus TCP on this port")
+    add("--iec61850", type=port, metavar="PORT", help="serve IEC 61850 MMS on this port (logical device GRIDSIMLD0)")
+    add("--dnp3", type=port, metavar="PORT", help="serve a DNP3 outstation on this port")
+    add("--interval", default=1.0, type=_argparse_type(_number(MIN_RELAY_INTERVAL_S)), metavar="SECONDS",
+        help="seconds between the device's measurements (default: 1)")
+    add("--seed", default=1, type=_argparse_type(_integer(0)), metavar="N", help="random seed (default: 1)")
+    add("--identity", default="GRIDSIM-751 SN0001", type=_argparse_type(_text(64)),
+        help="the device's identity (serial number)")
+    add("--unit", default=1, type=_argparse_type(_integer(0, 255)), help="Modbus unit id (default: 1)")
+    add("--modbus-map", default="sel751", help="register map: sel751, float32 or a .toml file (default: sel751)")
+    add("--outstation", default=10, type=_argparse_type(_integer(0, 65519)), help="DNP3 outstation address (default: 10)")
+    add("--dnp3-map", default="dnp3-feeder", help="DNP3 point map (default: dnp3-feeder)")
+    add("--fault-probability", default=None, type=_argparse_type(_number(0.0)), metavar="P",
+        help="chance of a breaker fault per measurement")
+    add("--log-format", default="auto", choices=FORMATS, help="auto: JSON lines unless stdout is a terminal")
+    add("--log-level", default="info", choices=LEVELS, type=str.lower, help="least severe level logged")
+    return parser
+
+
+def load_device_settings(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = build_device_parser()
+    args = parser.parse_args(argv)
+    if args.modbus is None and args.iec61850 is None and args.dnp3 is None:
+        parser.error("name at least one of --modbus PORT, --iec61850 PORT, --dnp3 PORT")
+    if args.fault_probability is not None and args.fault_probability > 1.0:
+        parser.error(f"argument --fault-probability: {args.fault_probability} is above 1")
+    return args

@@ -8,9 +8,9 @@ Fork choice: the branch with the most cumulative work wins; on a tie the tip we 
 stays. The main chain is kept as an array by height, so ``main_at``/``is_main`` are O(1);
 a reorg of any depth moves only the entries that change sides, without recursion.
 
-Newest reading per relay, per branch: each entry records only its own block's relay,
-newest reading time and openings counter, plus a persistent map from relay to the newest
-entry of that relay on its branch. The map is a 16-way trie of tuples indexed by a dense
+Last sequence number per relay, per branch: each entry records only its own block's relay,
+last seq, newest reading time and relay key, plus a persistent map from relay to the newest
+entry of that relay on its branch (what the sequence and relay-key rules look up). The map is a 16-way trie of tuples indexed by a dense
 per-chain relay number, so a block shares all but one small tuple with its parent (~70
 bytes for a handful of relays, one more per 16x as many) and a lookup is one tuple index
 per level. A whole entry, header included, costs ~650 bytes: 100,000 blocks fit in ~65 MB.
@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from gridchain.consensus import pow
-from gridchain.consensus.block import Block, Capture, Header, Reading, short_hash
+from gridchain.consensus.block import Block, Capture, Header, short_hash
 from gridchain.consensus.params import NetworkParams
 from gridchain.consensus.rules import RuleViolation, check_block, check_context, check_encoded_size
 
@@ -39,15 +40,17 @@ _TRIE_MASK = (1 << _TRIE_BITS) - 1
 class ChainEntry:
     """One block in the tree: its header, place, cumulative work and relay bookkeeping.
 
-    ``relay_id``/``newest_ms``/``openings`` describe this block's own capture (genesis:
-    "", None, 0); use ``Chain.newest_of`` for the newest block of any relay on its branch.
+    ``relay_id``/``last_seq``/``newest_ms``/``relay_key`` describe this block's own capture
+    (genesis: "", None, None, the network hash); ``seq`` is the arrival number. Use
+    ``Chain.newest_of`` for the newest block of any relay on its branch.
     """
 
-    __slots__ = ("hash", "height", "parent", "header", "work", "seq", "relay_id", "newest_ms",
-                 "openings", "_relays", "_relays_depth")
+    __slots__ = ("hash", "height", "parent", "header", "work", "seq", "relay_id", "last_seq", "newest_ms",
+                 "relay_key", "_relays", "_relays_depth")
 
     def __init__(self, block_hash: bytes, header: Header, parent: ChainEntry | None, work: int, seq: int,
-                 relay_id: str, newest_ms: int | None, openings: int, relays: tuple, relays_depth: int) -> None:
+                 relay_id: str, last_seq: int | None, newest_ms: int | None, relay_key: bytes,
+                 relays: tuple, relays_depth: int) -> None:
         self.hash = block_hash
         self.height = header.height
         self.parent = parent
@@ -55,8 +58,9 @@ class ChainEntry:
         self.work = work
         self.seq = seq
         self.relay_id = relay_id
+        self.last_seq = last_seq
         self.newest_ms = newest_ms
-        self.openings = openings
+        self.relay_key = relay_key
         self._relays = relays
         self._relays_depth = relays_depth
 
@@ -118,7 +122,7 @@ class Chain:
         self._relay_names: list[str] = []
         self._keys: dict[bytes, bytes] = {}  # one bytes object per miner key, shared by headers
         root = ChainEntry(genesis.hash, genesis.header, None, 0, next(self._seq), genesis.capture.relay_id,
-                          None, genesis.capture.openings, (), 0)
+                          None, None, genesis.capture.relay_key, (), 0)
         self.genesis = root
         self._entries: dict[bytes, ChainEntry] = {root.hash: root}
         self._main: list[ChainEntry] = [root]
@@ -176,13 +180,19 @@ class Chain:
         entry = self.tip if entry is None else entry
         return _trie_get(entry._relays, entry._relays_depth, number)
 
+    def last_seq(self, relay_id: str, entry: ChainEntry | None = None) -> int | None:
+        """The last sequence number of ``relay_id`` on ``entry``'s branch (None: none yet)."""
+        newest = self.newest_of(relay_id, entry)
+        return None if newest is None else newest.last_seq
+
+    def relay_key(self, relay_id: str, entry: ChainEntry | None = None) -> bytes | None:
+        """The relay key ``relay_id``'s readings carry on ``entry``'s branch (None: none yet)."""
+        newest = self.newest_of(relay_id, entry)
+        return None if newest is None else newest.relay_key
+
     def newest_reading_ms(self, relay_id: str, entry: ChainEntry | None = None) -> int | None:
         newest = self.newest_of(relay_id, entry)
         return None if newest is None else newest.newest_ms
-
-    def newest_openings(self, relay_id: str, entry: ChainEntry | None = None) -> int | None:
-        newest = self.newest_of(relay_id, entry)
-        return None if newest is None else newest.openings
 
     # --- sync helpers -----------------------------------------------------------------------
     def locator(self, entry: ChainEntry | None = None) -> list[bytes]:
@@ -232,12 +242,13 @@ class Chain:
         capture = block.capture
         newest = self.newest_of(capture.relay_id, parent)
         check_context(block, parent.height, self.median_time_ms(parent),
-                      None if newest is None else newest.newest_ms,
-                      None if newest is None else newest.openings)
-        return self._link(parent, block.hash, block.header, capture.relay_id,
-                          capture.readings[-1].timestamp_ms, capture.openings)
+                      None if newest is None else newest.last_seq,
+                      None if newest is None else newest.relay_key)
+        return self._link(parent, block.hash, block.header, capture.relay_id, capture.last_seq,
+                          capture.newest_ms, capture.relay_key)
 
-    def add_trusted(self, header: Header, relay_id: str, newest_ms: int | None, openings: int) -> AddResult:
+    def add_trusted(self, header: Header, relay_id: str, last_seq: int | None, newest_ms: int | None,
+                    relay_key: bytes) -> AddResult:
         """Link a header from our own store: only the parent and height are checked.
 
         Adding the store's blocks in first-seen order reproduces the tip they had.
@@ -251,18 +262,19 @@ class Chain:
             raise RuleViolation("unknown-parent", f"parent {short_hash(header.prev_hash)} is unknown")
         if header.height != parent.height + 1:
             raise RuleViolation("bad-height", f"height {header.height} on a parent at {parent.height}")
-        return self._link(parent, block_hash, header, relay_id, newest_ms, openings)
+        return self._link(parent, block_hash, header, relay_id, last_seq, newest_ms, relay_key)
 
     def _link(self, parent: ChainEntry, block_hash: bytes, header: Header, relay_id: str,
-              newest_ms: int | None, openings: int) -> AddResult:
+              last_seq: int | None, newest_ms: int | None, relay_key: bytes) -> AddResult:
         header = self._compact(header, parent)
         relays, depth = parent._relays, parent._relays_depth
-        if newest_ms is not None:
+        relay_key = self._keys.setdefault(relay_key, relay_key)  # one bytes object per key
+        if last_seq is not None:
             number = self._relay_number(relay_id)
             relay_id = self._relay_names[number]  # one string object per relay, shared by its entries
         entry = ChainEntry(block_hash, header, parent, parent.work + pow.work(header.bits), next(self._seq),
-                           relay_id, newest_ms, openings, relays, depth)
-        if newest_ms is not None:
+                           relay_id, last_seq, newest_ms, relay_key, relays, depth)
+        if last_seq is not None:
             entry._relays, entry._relays_depth = _trie_set(relays, depth, number, entry)
         self._entries[block_hash] = entry
         tip = self._main[-1]
@@ -413,23 +425,30 @@ class OrphanPool:
 
 
 # --- readings a reorg displaced -------------------------------------------------------------
-def displaced_readings(disconnected_blocks: list[Block], connected_blocks: list[Block]) -> list[Capture]:
-    """Readings of blocks that left the main chain and are not on the new branch.
+def displaced_readings(disconnected_blocks: list[Block], last_seq_of: Callable[[str], int | None]) -> list[Capture]:
+    """The sealed runs of blocks that left the main chain and that the new branch lacks.
 
-    One Capture per relay (in the order the relays first appear, oldest block first), its
-    readings oldest first, its substation from the newest left block and its openings the
-    highest counter among the left blocks: what the node should mine again.
+    ``last_seq_of(relay_id)`` is the relay's last seq on the new branch; a seal wholly at or
+    below it is on the new branch already and is left out. Seals stay whole, with the very
+    readings and signatures the rules checked when their block was accepted, so what
+    comes back is verified. One Capture per relay and per gap notice (a segment starts at
+    each notice the new branch lacks), relays in the order they first appear, oldest first.
     """
-    kept = {(b.capture.relay_id, r.timestamp_ms) for b in connected_blocks for r in b.capture.readings}
-    readings: dict[str, dict[int, Reading]] = {}
-    labels: dict[str, tuple[str, int]] = {}
+    segments: list[Capture] = []
+    current: dict[str, int] = {}  # relay -> index of its open segment
     for block in sorted(disconnected_blocks, key=lambda b: b.height):
         capture = block.capture
-        bucket = readings.setdefault(capture.relay_id, {})
-        for reading in capture.readings:
-            if (capture.relay_id, reading.timestamp_ms) not in kept:
-                bucket.setdefault(reading.timestamp_ms, reading)
-        _, openings = labels.get(capture.relay_id, ("", 0))
-        labels[capture.relay_id] = (capture.substation, max(openings, capture.openings))
-    return [Capture(relay_id, labels[relay_id][0], labels[relay_id][1], tuple(bucket[t] for t in sorted(bucket)))
-            for relay_id, bucket in readings.items() if bucket]
+        kept = last_seq_of(capture.relay_id) or 0
+        runs = [(seal, rows) for seal, rows in capture.runs() if seal.last_seq > kept]
+        if not runs:
+            continue
+        gap = capture.gap if capture.gap is not None and capture.gap.resume_seq > kept else None
+        index = current.get(capture.relay_id)
+        if index is None or gap is not None:
+            segments.append(Capture(capture.relay_id, capture.substation, capture.relay_key, gap=gap))
+            index = current[capture.relay_id] = len(segments) - 1
+        old = segments[index]
+        segments[index] = Capture(old.relay_id, capture.substation, capture.relay_key,
+                                  old.readings + tuple(r for _, rows in runs for r in rows),
+                                  old.seals + tuple(seal for seal, _ in runs), old.gap)
+    return segments

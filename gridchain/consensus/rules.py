@@ -1,51 +1,55 @@
 """Block validation: each rule is one small function, each failure one named reason.
 
-Two groups, so a caller can run the cheap, context-free part before it looks anything up:
+Two groups, so a caller can run the cheap, context-free part before it looks anything up
+(and in threads: the Ed25519 checks release the GIL):
 
-- ``check_block(block, params, now_ms)``: what a block must be on its own, cheapest first
-  (size, version, difficulty, proof of work, clock, readings — well-formed and not ahead of
-  the block's time —, payload root, miner, signature), so junk costs a receiver as little
-  as possible before the Ed25519 check.
-- ``check_context(block, parent_height, median_time_ms, newest_ms, newest_openings)``:
-  what it must be on top of its parent's branch (height, median time, fresh readings,
-  the relay's openings counter never going down).
+- ``check_block(block, params, now_ms)``: what a block must be on its own, cheapest first:
+  size, version, difficulty, proof of work, clock, readings, seals, gap notice, payload
+  root, miner, relay (named, its substation and key as the network document says), the
+  miner's signature and last the relay's signatures (one Ed25519 verify per seal).
+- ``check_context(block, parent_height, median_time_ms, last_seq, relay_key)``: what it
+  must be on its parent's branch: height, median time, the relay key the branch already
+  uses for this relay, no reading the branch holds, no reading skipped.
 
-The reasons are stable strings that appear in logs, ``reject`` messages and tests:
-too-large, bad-version, bad-difficulty, bad-pow, time-too-new, bad-reading, bad-root,
-unknown-miner, bad-signature, unknown-parent, bad-height, time-too-old, duplicate-reading,
-bad-openings. Genesis is never checked here: every node derives it (see genesis.py).
+Timestamps and openings are the relay's signed word: no rule compares them with the block's
+time or with earlier readings. The reasons are stable strings for logs, ``reject`` messages
+and tests (REASONS). Genesis is never checked here: every node derives it (genesis.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from math import isfinite
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gridchain.consensus import pow
 from gridchain.consensus.block import (
     BLOCK_VERSION, MAX_BLOCK_BYTES, MAX_READINGS_PER_BLOCK, MAX_TEXT_BYTES, Block, Capture, Header,
+    seal_partition_error,
 )
-from gridchain.consensus.merkle import payload_root
-from gridchain.consensus.params import NetworkParams
+from gridchain.consensus.errors import GridchainError
+from gridchain.consensus.merkle import payload_root, reading_leaves
+from gridchain.consensus.params import NetworkParams, RelayInfo
+from gridchain.consensus.provenance import MAX_RELAY_ID_BYTES, MAX_SEALS_PER_BLOCK, ProvenanceError, seal_message, verify_gap
 from gridchain.consensus.signing import verify_signature
+from gridchain.consensus.tree import merkle_root
 
-# Readings and the openings counter are packed as signed/unsigned 64-bit integers.
-MAX_TIMESTAMP_MS = 2**63 - 1
-MAX_OPENINGS = 2**63 - 1
+# Sequence numbers and counters are stored in SQLite's signed 64-bit integers; an honest
+# relay (+1 per reading, resuming from its clock) stays far below this for ever.
+MAX_STORED_INT = 2**63 - 1
 
 REASONS = frozenset({
-    "too-large", "bad-version", "bad-difficulty", "bad-pow", "time-too-new", "bad-reading",
-    "bad-root", "unknown-miner", "bad-signature", "unknown-parent", "bad-height",
-    "time-too-old", "duplicate-reading", "bad-openings",
+    "too-large", "bad-version", "bad-difficulty", "bad-pow", "time-too-new", "bad-reading", "bad-seal",
+    "bad-gap-notice", "bad-root", "not-a-member", "unknown-relay", "wrong-substation", "relay-key-mismatch",
+    "bad-signature", "bad-relay-signature", "unknown-parent", "bad-height", "time-too-old",
+    "duplicate-reading", "sequence-gap",
 })
 
 
-class RuleViolation(Exception):
+class RuleViolation(GridchainError):
     """A block breaks a consensus rule; ``reason`` is one of REASONS, ``detail`` says how."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
 
 
 # --- context-free rules -------------------------------------------------------------------
@@ -56,10 +60,11 @@ def check_encoded_size(nbytes: int) -> None:
 
 
 def check_size(block: Block) -> None:
-    count = len(block.capture.readings)
-    if count > MAX_READINGS_PER_BLOCK:
-        raise RuleViolation("too-large", f"{count} readings > {MAX_READINGS_PER_BLOCK}")
     capture = block.capture
+    if len(capture.readings) > MAX_READINGS_PER_BLOCK:
+        raise RuleViolation("too-large", f"{len(capture.readings)} readings > {MAX_READINGS_PER_BLOCK}")
+    if len(capture.seals) > MAX_SEALS_PER_BLOCK:
+        raise RuleViolation("too-large", f"{len(capture.seals)} seals > {MAX_SEALS_PER_BLOCK}")
     for name, text in (("relay_id", capture.relay_id), ("substation", capture.substation),
                        ("miner_name", block.miner_name)):
         if len(text.encode()) > MAX_TEXT_BYTES:
@@ -87,29 +92,22 @@ def check_not_too_new(header: Header, now_ms: int, max_future_ms: int) -> None:
 
 
 def check_readings(capture: Capture) -> None:
-    """Well-formed readings: a named relay, at least one reading, finite values, rising times."""
-    if not capture.relay_id:
-        raise RuleViolation("bad-reading", "empty relay_id")
+    """A signable relay id, at least one reading, storable numbers, finite values, |pf| <= 1."""
+    if not 0 < len(capture.relay_id.encode()) <= MAX_RELAY_ID_BYTES:
+        raise RuleViolation("bad-reading", f"relay_id must be 1..{MAX_RELAY_ID_BYTES} bytes")
     if not capture.readings:
         raise RuleViolation("bad-reading", "no readings")
-    if type(capture.openings) is not int or not 0 <= capture.openings <= MAX_OPENINGS:
-        raise RuleViolation("bad-openings", f"openings {capture.openings!r} out of range")
-    previous = -1
     for index, reading in enumerate(capture.readings):
-        ts = reading.timestamp_ms
-        if type(ts) is not int or not 0 <= ts <= MAX_TIMESTAMP_MS:
-            raise RuleViolation("bad-reading", f"reading {index}: timestamp {ts!r} out of range")
-        if ts <= previous:
-            raise RuleViolation("bad-reading", f"reading {index}: timestamp {ts} not after {previous}")
-        previous = ts
+        for name, low in (("seq", 1), ("openings", 0)):  # sequences start at 1
+            value = getattr(reading, name)
+            if type(value) is not int or not low <= value <= MAX_STORED_INT:
+                raise RuleViolation("bad-reading", f"reading {index}: {name} {value!r} out of range")
         _check_values(index, reading)
 
 
 def _check_values(index: int, reading) -> None:
-    values = (reading.vab, reading.vbc, reading.vca, reading.ia, reading.ib, reading.ic,
-              reading.frequency, reading.power_factor, reading.active_power, reading.reactive_power)
     try:
-        finite = all(map(isfinite, values))
+        finite = all(map(isfinite, reading.values()))
     except TypeError:  # a value that is not a number at all (only possible for in-memory blocks)
         finite = False
     if not finite:
@@ -118,25 +116,50 @@ def _check_values(index: int, reading) -> None:
         raise RuleViolation("bad-reading", f"reading {index}: power factor {reading.power_factor} outside [-1, 1]")
 
 
-def check_readings_not_ahead(block: Block, max_future_ms: int) -> None:
-    # A reading far in the future would make every later reading of its relay a
-    # "duplicate" on that branch for good; the relay's clock may lead the miner's by no
-    # more than a block's time may lead ours.
-    newest = block.capture.readings[-1].timestamp_ms
-    if newest > block.header.time_ms + max_future_ms:
-        raise RuleViolation("bad-reading", f"reading at {newest} is {newest - block.header.time_ms} ms "
-                            f"after the block's time {block.header.time_ms}")
+def check_seals(capture: Capture) -> None:
+    """Seals cover the readings in order, each over consecutive sequence numbers."""
+    problem = "no seals" if not capture.seals else seal_partition_error(capture.readings, capture.seals)
+    if problem is not None:
+        raise RuleViolation("bad-seal", problem)
 
 
-def check_root(block: Block) -> None:
-    expected = payload_root(block.capture, block.miner_name)
+def check_gap_notice(capture: Capture) -> None:
+    """A gap notice, if any, says where this block's readings resume: at its first one."""
+    gap = capture.gap
+    if gap is not None and gap.resume_seq != capture.readings[0].seq:
+        raise RuleViolation("bad-gap-notice", f"gap notice resumes at {gap.resume_seq}, the block's readings "
+                            f"start at {capture.readings[0].seq}")
+
+
+def check_root(block: Block, leaves: Sequence[bytes] | None = None) -> None:
+    expected = payload_root(block.capture, block.miner_name, leaves)
     if block.header.payload_root != expected:
         raise RuleViolation("bad-root", f"header root {block.header.payload_root.hex()} != payload {expected.hex()}")
 
 
 def check_miner(header: Header, members: frozenset[bytes] | None) -> None:
     if members is not None and header.miner_key not in members:
-        raise RuleViolation("unknown-miner", f"key {header.miner_key.hex()} is not a network member")
+        raise RuleViolation("not-a-member", f"key {header.miner_key.hex()} is not a network member")
+
+
+def check_relay_known(capture: Capture, relays: Mapping[str, RelayInfo] | None) -> None:
+    if relays is not None and capture.relay_id not in relays:
+        raise RuleViolation("unknown-relay", f"relay {capture.relay_id!r} is not in the network document")
+
+
+def check_substation(capture: Capture, relays: Mapping[str, RelayInfo] | None) -> None:
+    # The seals do not cover the substation label; the network document does.
+    info = None if relays is None else relays.get(capture.relay_id)
+    if info is not None and capture.substation != info.substation:
+        raise RuleViolation("wrong-substation", f"relay {capture.relay_id!r} is at {info.substation!r}, "
+                            f"not {capture.substation!r}")
+
+
+def check_relay_key(capture: Capture, expected: bytes | None) -> None:
+    """The block's relay key is the expected one: the network document's, or the branch's."""
+    if expected is not None and capture.relay_key != expected:
+        raise RuleViolation("relay-key-mismatch", f"relay {capture.relay_id!r} signs with "
+                            f"{expected.hex()[:16]}, the block names {capture.relay_key.hex()[:16]}")
 
 
 def check_signature(block: Block) -> None:
@@ -144,19 +167,43 @@ def check_signature(block: Block) -> None:
         raise RuleViolation("bad-signature", f"signature does not verify for key {block.header.miner_key.hex()}")
 
 
+def check_relay_signatures(capture: Capture, leaves: Sequence[bytes] | None = None) -> None:
+    """Every seal (one verify each, over the readings' shared leaves) and the gap notice."""
+    if leaves is None:
+        leaves = reading_leaves(capture)
+    try:
+        key = Ed25519PublicKey.from_public_bytes(capture.relay_key)
+        start = 0
+        for seal in capture.seals:
+            root = merkle_root(list(leaves[start:start + seal.count]))
+            start += seal.count
+            key.verify(seal.signature, seal_message(capture.relay_id, seal.first_seq, seal.count, root))
+        if capture.gap is not None:
+            verify_gap(capture.relay_key, capture.relay_id, capture.gap)
+    except (InvalidSignature, ValueError, ProvenanceError):
+        raise RuleViolation("bad-relay-signature", f"a seal or the gap notice of relay {capture.relay_id!r} "
+                            f"does not verify for key {capture.relay_key.hex()[:16]}") from None
+
+
 def check_block(block: Block, params: NetworkParams, now_ms: int) -> None:
     """Every rule a block must pass on its own, cheapest first; raises RuleViolation."""
-    header = block.header
+    header, capture = block.header, block.capture
     check_size(block)
     check_version(header)
     check_difficulty(header, params)
     check_pow(block.hash, header.bits)
     check_not_too_new(header, now_ms, params.max_future_ms)
-    check_readings(block.capture)
-    check_readings_not_ahead(block, params.max_future_ms)
-    check_root(block)
+    check_readings(capture)
+    check_seals(capture)
+    check_gap_notice(capture)
+    leaves = reading_leaves(capture)  # hashed once for the payload root and every seal
+    check_root(block, leaves)
     check_miner(header, params.members)
+    check_relay_known(capture, params.relays)
+    check_substation(capture, params.relays)
+    check_relay_key(capture, params.relay_key(capture.relay_id))
     check_signature(block)
+    check_relay_signatures(capture, leaves)
 
 
 # --- contextual rules ---------------------------------------------------------------------
@@ -171,27 +218,37 @@ def check_not_too_old(header: Header, median_time_ms: int) -> None:
         raise RuleViolation("time-too-old", f"time {header.time_ms} not after median {median_time_ms}")
 
 
-def check_fresh_readings(capture: Capture, newest_ms: int | None) -> None:
-    # Readings rise strictly inside a capture (check_readings), so the first one decides.
-    if newest_ms is not None and capture.readings[0].timestamp_ms <= newest_ms:
-        raise RuleViolation("duplicate-reading", f"relay {capture.relay_id!r}: reading at "
-                            f"{capture.readings[0].timestamp_ms} not after the branch's newest {newest_ms}")
+def check_not_duplicate(capture: Capture, last_seq: int | None) -> None:
+    # Sequence numbers rise inside a block (check_seals, check_sequence): the first decides.
+    if last_seq is not None and capture.readings[0].seq <= last_seq:
+        raise RuleViolation("duplicate-reading", f"relay {capture.relay_id!r}: seq {capture.readings[0].seq} "
+                            f"is not after the branch's last seq {last_seq}")
 
 
-def check_openings(capture: Capture, newest_openings: int | None) -> None:
-    if newest_openings is not None and capture.openings < newest_openings:
-        raise RuleViolation("bad-openings", f"relay {capture.relay_id!r}: openings {capture.openings} "
-                            f"below the branch's {newest_openings}")
+def check_sequence(capture: Capture, last_seq: int | None) -> None:
+    """The readings continue the branch's sequence for this relay and run on without a hole;
+    the one exception is a hole the relay signed as lost (a gap notice resuming here)."""
+    expected = (last_seq or 0) + 1
+    first = capture.readings[0].seq
+    gap = capture.gap
+    if first != expected and not (gap is not None and gap.resume_seq == first and first > expected):
+        raise RuleViolation("sequence-gap", f"relay {capture.relay_id!r}: seq {first} where {expected} was due, "
+                            f"and no gap notice of the relay resumes there")
+    for before, after in zip(capture.seals, capture.seals[1:]):
+        if after.first_seq != before.last_seq + 1:
+            raise RuleViolation("sequence-gap", f"relay {capture.relay_id!r}: seq {before.last_seq} then "
+                                f"{after.first_seq} inside the block")
 
 
 def check_context(block: Block, parent_height: int, median_time_ms: int,
-                  newest_ms: int | None, newest_openings: int | None) -> None:
+                  last_seq: int | None, relay_key: bytes | None) -> None:
     """Rules that depend on the parent's branch; run after check_block.
 
-    ``newest_ms``/``newest_openings`` describe the newest block of the same relay on the
+    ``last_seq``/``relay_key`` are those of the newest block of the same relay on the
     parent's branch (None when the branch holds no reading of that relay).
     """
     check_height(block.header, parent_height)
     check_not_too_old(block.header, median_time_ms)
-    check_fresh_readings(block.capture, newest_ms)
-    check_openings(block.capture, newest_openings)
+    check_relay_key(block.capture, relay_key)
+    check_not_duplicate(block.capture, last_seq)
+    check_sequence(block.capture, last_seq)

@@ -1,6 +1,7 @@
-"""The node's Ed25519 key: made on first start, kept in the data dir, loaded on every start after.
+"""Ed25519 key files: made on first start, kept in the data dir, loaded on every start after.
 
-The key file is ``<data_dir>/node.key``, an unencrypted PKCS#8 PEM (so ``openssl pkey``
+A node's key file is ``<data_dir>/node.key`` and a relay's ``<data_dir>/relay.key`` (or any
+path given with ``--key-file``); both are an unencrypted PKCS#8 PEM (so ``openssl pkey``
 can read it), mode 0600. It is written to a temporary file first and linked into place,
 so a crash never leaves a half-written key and two processes starting at once end up
 with the same one. A key file that cannot be read, does not hold an Ed25519 key, or is
@@ -18,7 +19,10 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from gridchain.consensus.errors import GridchainError
+
 KEY_FILE = "node.key"
+RELAY_KEY_FILE = "relay.key"
 SEED_SIZE = 32  # an Ed25519 private key is a 32-byte seed
 # Group/other permission bits: any of them lets another account read or replace the key.
 INSECURE_MODE_BITS = 0o077
@@ -27,7 +31,7 @@ MAX_KEY_FILE_BYTES = 4096
 NODE_ID_HEX = 12  # the same width as short_hash(), so logs line up
 
 
-class KeyFileError(OSError):
+class KeyFileError(GridchainError, OSError):
     """The key file exists but cannot be used; ``reason`` is a short stable name.
 
     An OSError so that whatever reports an unusable data dir reports this too.
@@ -40,8 +44,8 @@ class KeyFileError(OSError):
         self.detail = detail
 
 
-class NodeKey:
-    """One node's signing identity; ``public_key`` (32 raw bytes) is what peers see."""
+class SigningKey:
+    """One Ed25519 signing identity (a node's or a relay's); ``public_key`` is 32 raw bytes."""
 
     def __init__(self, private_key: Ed25519PrivateKey) -> None:
         self._private = private_key
@@ -49,27 +53,36 @@ class NodeKey:
             serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
     @classmethod
-    def from_seed(cls, seed: bytes) -> NodeKey:
+    def from_seed(cls, seed: bytes) -> SigningKey:
         if len(seed) != SEED_SIZE:
             raise ValueError(f"an Ed25519 seed is {SEED_SIZE} bytes, got {len(seed)}")
         return cls(Ed25519PrivateKey.from_private_bytes(seed))
 
     @classmethod
-    def generate(cls) -> NodeKey:
+    def generate(cls) -> SigningKey:
         return cls(Ed25519PrivateKey.generate())
 
     @classmethod
-    def load_or_create(cls, data_dir: Path) -> NodeKey:
-        path = Path(data_dir) / KEY_FILE
-        if not path.exists():
-            try:
-                _write_new(path, cls.generate())
-            except OSError as exc:
-                raise KeyFileError("cannot-create", path, exc.strerror or str(exc)) from None
-        return cls.load(path)
+    def load_or_create(cls, data_dir: Path, file_name: str = KEY_FILE) -> SigningKey:
+        return cls.open_path(Path(data_dir) / file_name)[0]
 
     @classmethod
-    def load(cls, path: Path) -> NodeKey:
+    def open_path(cls, path: Path) -> tuple[SigningKey, bool]:
+        """The key in ``path``, made there first if there is none; True when made now.
+
+        The relay needs to know: a relay whose key is new has never used a sequence number.
+        """
+        path = Path(path)
+        created = False
+        if not path.exists():
+            try:
+                created = _write_new(path, cls.generate())
+            except OSError as exc:
+                raise KeyFileError("cannot-create", path, exc.strerror or str(exc)) from None
+        return cls.load(path), created
+
+    @classmethod
+    def load(cls, path: Path) -> SigningKey:
         try:
             mode = path.stat().st_mode
             if not stat.S_ISREG(mode):
@@ -97,7 +110,19 @@ class NodeKey:
                                            serialization.NoEncryption())
 
     def __repr__(self) -> str:  # never the private half
-        return f"NodeKey({self.node_id})"
+        return f"{type(self).__name__}({self.node_id})"
+
+
+class NodeKey(SigningKey):
+    """A node's signing identity; ``public_key`` is what peers see."""
+
+
+class RelayKey(SigningKey):
+    """A relay's signing identity: it signs seals over readings and gap notices."""
+
+    @classmethod
+    def open_path(cls, path: Path) -> tuple[RelayKey, bool]:
+        return super().open_path(path)  # type: ignore[return-value]
 
 
 def _parse(path: Path, data: bytes) -> Ed25519PrivateKey:
@@ -114,8 +139,11 @@ def _parse(path: Path, data: bytes) -> Ed25519PrivateKey:
     return key
 
 
-def _write_new(path: Path, key: NodeKey) -> None:
-    """Write ``key`` to ``path`` durably, never replacing a key another process just wrote."""
+def _write_new(path: Path, key: SigningKey) -> bool:
+    """Write ``key`` to ``path`` durably, never replacing a key another process just wrote.
+
+    True when this call's key is the one in place, False when another process's won the race.
+    """
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
@@ -123,12 +151,16 @@ def _write_new(path: Path, key: NodeKey) -> None:
             handle.write(key.pem())
             handle.flush()
             os.fsync(handle.fileno())
-        with contextlib.suppress(FileExistsError):  # lost a race: keep the key that is there
+        try:
             os.link(temp, path)
+            won = True
+        except FileExistsError:  # lost a race: keep the key that is there
+            won = False
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
     _fsync_dir(path.parent)
+    return won
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -2,14 +2,15 @@
 
 ``audit_store`` opens its own read-only connection, reads one consistent snapshot and
 replays every stored block through a fresh ``Chain`` in the order the blocks arrived, so
-every consensus rule runs again (the clock rule as it stood when each block arrived). It
-also checks each row's columns against the block's own bytes, the readings table against
+every consensus rule runs again (the clock rule as it stood when each block arrived), every
+relay signature (seal and gap notice) included. It also checks each row's columns against the block's own bytes, the readings table against
 the main chain, and the main table and tip against the best chain rebuilt here.
 
 A faulty block is still linked by whichever copy of its header hashes right, so its
 descendants are checked too; a block that cannot be placed at all is listed once, and
 what descends from it is counted, not listed. Opening a ledger (gridchain.ledger.ledger) checks
-only the newest blocks; this checks them all.
+only the newest blocks; this checks them all. The report also lists the main chain's gaps:
+the holes in a relay's sequence that the relay itself signed as lost (store.Gap).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gridchain.consensus.block import Block, BlockDecodeError, Header
@@ -26,7 +27,7 @@ from gridchain.consensus.genesis import make_genesis
 from gridchain.consensus.params import NetworkParams
 from gridchain.consensus.rules import RuleViolation
 from gridchain.ledger.ledger import check_readings_rows, index_facts
-from gridchain.ledger.store import SCHEMA_VERSION, store_error
+from gridchain.ledger.store import SCHEMA_VERSION, Gap, main_chain_gaps, store_error
 
 # Problems listed in one report; past this the count goes on but the list stops growing.
 MAX_PROBLEMS = 1000
@@ -38,13 +39,15 @@ class AuditReport:
     """The verdict on a whole store: ``problems`` are (height, block hash hex, reason).
 
     ``omitted`` counts problems left out of the list: past MAX_PROBLEMS, and blocks that
-    descend from a block that is missing (the first missing link is listed).
+    descend from a block that is missing (the first missing link is listed). ``gaps`` are
+    the relay-signed holes of the main chain: not problems, but shown to the operator.
     """
 
     ok: bool
     checked: int
     problems: list[tuple[int, str, str]]
     omitted: int = 0
+    gaps: list[Gap] = field(default_factory=list)
 
 
 def audit_store(path: Path, params: NetworkParams,
@@ -67,7 +70,8 @@ def audit_store(path: Path, params: NetworkParams,
         audit.note(-1, b"", f"database unreadable: {exc}")
     finally:
         db.close()
-    return AuditReport(not audit.problems and not audit.omitted, audit.checked, audit.problems, audit.omitted)
+    return AuditReport(not audit.problems and not audit.omitted, audit.checked, audit.problems, audit.omitted,
+                       audit.gaps)
 
 
 class _Audit:
@@ -76,13 +80,14 @@ class _Audit:
         self.db = db
         self.params = params
         self.progress = progress
-        self.genesis = make_genesis(params.name, params.bits)
+        self.genesis = make_genesis(params)
         self.chain = Chain(self.genesis, params)
         self.problems: list[tuple[int, str, str]] = []
         self.omitted = 0
         self.checked = 0
         self.lost: set[bytes] = set()  # blocks that could not be placed in the tree
         self.saw_genesis = False
+        self.gaps: list[Gap] = []
 
     def note(self, height: int, block_hash: bytes, reason: str) -> None:
         if len(self.problems) < MAX_PROBLEMS:
@@ -99,8 +104,8 @@ class _Audit:
                 return
         main = dict(self.db.execute("SELECT height, hash FROM main"))
         total = self.db.execute("SELECT count(*) FROM blocks").fetchone()[0]
-        rows = self.db.execute("SELECT hash, height, prev_hash, header, relay_id, newest_ms, openings, "
-                               "n_readings, raw FROM blocks ORDER BY seq")
+        rows = self.db.execute("SELECT hash, height, prev_hash, header, relay_id, last_seq, newest_ms, relay_key, "
+                               "n_readings, n_seals, gap_resume_seq, gap_boot_ms, raw FROM blocks ORDER BY seq")
         for row in rows:
             self._check_row(row, main)
             self.checked += 1
@@ -109,6 +114,7 @@ class _Audit:
         if not self.saw_genesis:
             self.note(0, self.genesis.hash, "the genesis row is missing")
         self._check_main(meta.get("tip"), main)
+        self.gaps = main_chain_gaps(self.db)
         if self.progress is not None:
             self.progress(self.checked, total)
 
@@ -116,7 +122,7 @@ class _Audit:
         block_hash, height, prev_hash, header_bytes, *_ = row
         if block_hash == self.genesis.hash:
             self.saw_genesis = True
-            if row[8] != self.genesis.encode() or header_bytes != self.genesis.header.to_bytes() or height != 0:
+            if row[-1] != self.genesis.encode() or header_bytes != self.genesis.header.to_bytes() or height != 0:
                 self.note(height, block_hash, "genesis row differs from this network's genesis")
             return
         if prev_hash in self.lost:
@@ -125,7 +131,7 @@ class _Audit:
             return
         block = None
         try:
-            block = Block.decode(row[8])
+            block = Block.decode(row[-1])
         except BlockDecodeError as exc:
             reason = f"stored block does not decode ({exc})"
         else:
@@ -147,14 +153,14 @@ class _Audit:
     def _place_anyway(self, row: tuple, block: Block | None) -> None:
         """Link a faulty block by whichever of its copies still hashes right, so that its
         descendants are checked too; a block with neither is lost, and so are they."""
-        block_hash, _, _, header_bytes, relay_id, newest_ms, openings, *_ = row
+        block_hash, _, _, header_bytes, relay_id, last_seq, newest_ms, relay_key, *_ = row
         if block_hash in self.chain:
             return
         candidates = []
         if block is not None and block.hash == block_hash:
             candidates.append((block.header, *index_facts(block)))
         with contextlib.suppress(BlockDecodeError):
-            candidates.append((Header.from_bytes(header_bytes), relay_id, newest_ms, openings))
+            candidates.append((Header.from_bytes(header_bytes), relay_id, last_seq, newest_ms, relay_key))
         for header, *facts in candidates:
             if header.hash() == block_hash:
                 with contextlib.suppress(RuleViolation):
@@ -205,13 +211,16 @@ class _Audit:
 
 def _row_reason(block: Block, row: tuple) -> str | None:
     """Why a block row's columns disagree with its own stored bytes, or None."""
-    block_hash, height, prev_hash, header_bytes, relay_id, newest_ms, openings, n_readings, _ = row
+    block_hash, height, prev_hash, header_bytes, relay_id, last_seq, newest_ms, relay_key, *counts, _ = row
     if block.hash != block_hash:
         return "stored block does not hash to its key"
     if header_bytes != block.header.to_bytes():
         return "header column differs from the stored block's header"
     if (height, prev_hash) != (block.height, block.prev_hash):
         return "height/prev_hash columns differ from the header"
-    if (relay_id, newest_ms, openings, n_readings) != (*index_facts(block), len(block.capture.readings)):
-        return "relay/newest/openings/readings columns differ from the payload"
+    c = block.capture
+    facts = (*index_facts(block), len(c.readings), len(c.seals),
+             None if c.gap is None else c.gap.resume_seq, None if c.gap is None else c.gap.boot_ms)
+    if (relay_id, last_seq, newest_ms, relay_key, *counts) != facts:
+        return "relay/seq/newest/key/readings/seals/gap columns differ from the payload"
     return None

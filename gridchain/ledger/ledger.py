@@ -24,11 +24,14 @@ from pathlib import Path
 
 from gridchain.consensus import rules
 from gridchain.consensus.block import Block, BlockDecodeError, Capture, Header
+from gridchain.consensus.errors import GridchainError
 from gridchain.consensus.chain import AddResult, Chain, ChainEntry, OrphanPool, displaced_readings
 from gridchain.consensus.genesis import make_genesis
 from gridchain.consensus.params import NetworkParams
 from gridchain.consensus.rules import RuleViolation
-from gridchain.ledger.store import DB_FILE, MainChange, Store, StoreError, reading_rows, store_error
+from gridchain.ledger.store import (
+    DB_FILE, READING_SELECT, Gap, MainChange, Store, StoreError, reading_rows, store_error,
+)
 
 # Main-chain blocks re-checked in full on every open: enough to catch a torn or edited
 # recent write, cheap enough (~10 ms) to run on every start. `gridchain verify` checks all.
@@ -40,7 +43,7 @@ CHECK_CHUNK = 16  # blocks per thread task: a future per block would cost a thir
 MIN_THREADED_BATCH = 16  # shorter runs (a sync's tail) are checked inline: little to gain from threads
 
 
-class LedgerDamaged(Exception):
+class LedgerDamaged(GridchainError):
     """The stored chain fails a check; str() names the block and the reason on one line."""
 
     def __init__(self, block_hash_hex: str, height: int, reason: str) -> None:
@@ -54,7 +57,8 @@ class LedgerDamaged(Exception):
 
 @dataclass(frozen=True, slots=True)
 class LedgerUpdate:
-    """One block accepted: what it did to the chain and the readings a reorg pushed out."""
+    """One block accepted: what it did to the chain and the sealed readings a reorg pushed out
+    (``displaced``: whole seals the new main chain lacks, as they were checked on arrival)."""
 
     result: AddResult
     displaced: list[Capture]
@@ -89,7 +93,7 @@ class Ledger:
         ``now_ms`` is not needed for the checks: a stored block passed the clock rule when
         it arrived, and a clock set back since must not make a good store look damaged.
         """
-        genesis = make_genesis(params.name, params.bits)
+        genesis = make_genesis(params)
         store = Store.open(Path(data_dir) / DB_FILE, params.name, genesis)
         try:
             chain = rebuild_chain(store, genesis, params)
@@ -119,6 +123,10 @@ class Ledger:
     def get_block(self, block_hash: bytes) -> Block | None:
         return self.store.get_block(block_hash)
 
+    def get_raw(self, block_hash: bytes) -> bytes | None:
+        """A stored block's bytes (``Block.encode()``), for sending on without decoding."""
+        return self.store.get_raw(block_hash)
+
     def block_at(self, height: int) -> Block | None:
         entry = self.chain.main_at(height)
         return None if entry is None else self.store.get_block(entry.hash)
@@ -126,8 +134,13 @@ class Ledger:
     def newest_reading_ms(self, relay_id: str) -> int | None:
         return self.chain.newest_reading_ms(relay_id)
 
-    def newest_openings(self, relay_id: str) -> int | None:
-        return self.chain.newest_openings(relay_id)
+    def last_seq(self, relay_id: str) -> int | None:
+        """The relay's last sequence number on the main chain (None: none of its readings yet)."""
+        return self.chain.last_seq(relay_id)
+
+    def gaps(self) -> list[Gap]:
+        """The holes in each relay's sequence on the main chain, each one the relay signed."""
+        return self.store.gaps()
 
     # --- adding --------------------------------------------------------------------------------
     def add_block(self, block: Block, now_ms: int, encoded_size: int | None = None) -> LedgerUpdate:
@@ -250,8 +263,9 @@ class Ledger:
     def _displaced(self, result: AddResult, pending: dict[bytes, Block]) -> list[Capture]:
         if result.status != "reorg":
             return []
+        tip = result.entry
         return displaced_readings([self._block(e, pending) for e in result.disconnected],
-                                  [self._block(e, pending) for e in result.connected])
+                                  lambda relay_id: self.chain.last_seq(relay_id, tip))
 
 
 class BatchChecks:
@@ -303,12 +317,12 @@ def rebuild_chain(store: Store, genesis: Block, params: NetworkParams) -> Chain:
     chain = Chain(genesis, params)
     if store.get_raw(genesis.hash) != genesis.encode():
         raise LedgerDamaged(genesis.hash.hex(), 0, "the genesis row is missing or altered")
-    for block_hash, header_bytes, relay_id, newest_ms, openings in store.iter_index():
+    for block_hash, header_bytes, relay_id, last_seq, newest_ms, relay_key in store.iter_index():
         if block_hash == genesis.hash:
             continue
         try:
             header = Header.from_bytes(header_bytes)
-            result = chain.add_trusted(header, relay_id, newest_ms, openings)
+            result = chain.add_trusted(header, relay_id, last_seq, newest_ms, relay_key)
         except (BlockDecodeError, RuleViolation) as exc:
             raise LedgerDamaged(block_hash.hex(), _height_of(header_bytes), f"index: {exc}") from None
         if result.entry.hash != block_hash or result.status == "duplicate":
@@ -342,15 +356,15 @@ def _recheck(store: Store, chain: Chain, entry: ChainEntry, params: NetworkParam
         return f"stored block does not decode ({exc})"
     if block.hash != entry.hash:
         return "stored block does not hash to its key"
-    if (entry.relay_id, entry.newest_ms, entry.openings) != index_facts(block):
-        return "index relay/newest/openings columns differ from the payload"
+    if (entry.relay_id, entry.last_seq, entry.newest_ms, entry.relay_key) != index_facts(block):
+        return "index relay/seq/newest/key columns differ from the payload"
     try:
         rules.check_block(block, params, block.header.time_ms)  # the clock rule as applied on arrival
         parent = entry.parent
         newest = chain.newest_of(block.capture.relay_id, parent)
         rules.check_context(block, parent.height, chain.median_time_ms(parent),
-                            None if newest is None else newest.newest_ms,
-                            None if newest is None else newest.openings)
+                            None if newest is None else newest.last_seq,
+                            None if newest is None else newest.relay_key)
     except RuleViolation as exc:
         return str(exc)
     if store.main_hash_at(entry.height) != entry.hash:
@@ -360,19 +374,18 @@ def _recheck(store: Store, chain: Chain, entry: ChainEntry, params: NetworkParam
 
 def check_readings_rows(db: sqlite3.Connection, height: int, block: Block | None) -> str | None:
     """Why the readings table's rows at ``height`` are not exactly ``block``'s, or None."""
-    stored = db.execute("SELECT relay_id, timestamp_ms, vab, vbc, vca, ia, ib, ic, frequency, power_factor, "
-                        "active_power, reactive_power, openings, block_height, block_hash FROM readings "
-                        "WHERE block_height = ? ORDER BY timestamp_ms", (height,)).fetchall()
+    stored = db.execute(f"SELECT {READING_SELECT} FROM readings WHERE block_height = ? "
+                        f"ORDER BY relay_id, seq", (height,)).fetchall()
     expected = list(reading_rows([block])) if block is not None else []
     if stored != expected:
         return f"readings table holds {len(stored)} row(s) at this height that differ from the block's {len(expected)}"
     return None
 
 
-def index_facts(block: Block) -> tuple[str, int | None, int]:
-    """The payload facts the block index keeps beside each header: relay, newest reading, openings."""
+def index_facts(block: Block) -> tuple[str, int | None, int | None, bytes]:
+    """The payload facts the block index keeps beside each header: relay, last seq, newest time, key."""
     c = block.capture
-    return c.relay_id, c.newest_ms, c.openings
+    return c.relay_id, c.last_seq, c.newest_ms, c.relay_key
 
 
 def _height_of(header_bytes: bytes) -> int:

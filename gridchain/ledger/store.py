@@ -2,10 +2,17 @@
 
 Tables (query them with any SQLite tool; ``readings_view`` shows hex hashes and ISO times):
   blocks    every block ever accepted, side branches included, in arrival order (``seq``),
-            with its 128-byte header and its wire bytes (``raw``)
+            with its 128-byte header, its wire bytes (``raw``: readings, seals, gap notice)
+            and the facts the chain is rebuilt from (relay, relay key, last reading seq and
+            time), its seal count and its gap notice (resume seq and boot time) if any
   main      height -> hash of the main chain
-  readings  the readings of main-chain blocks only, one row per (relay, timestamp)
+  readings  the readings of main-chain blocks only, one row per (relay, seq): the signed
+            row's seq, time, openings, flags and values, and the block holding it
   meta      network name, genesis hash, tip hash, schema version
+
+Readings rows as ``readings_page`` and ``relay_readings`` return them (READING_ROW):
+  (relay_id, seq, timestamp_ms, openings, flags, vab, vbc, vca, ia, ib, ic, frequency,
+   power_factor, active_power, reactive_power, block_height, block_hash)
 
 Each accepted block, its readings and the new tip are written in ONE transaction
 (``commit``), so after a crash the database holds either all of it or none of it. A
@@ -24,10 +31,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from gridchain.consensus.block import ROW_FIELDS
+
+from gridchain.consensus.errors import GridchainError
 from gridchain.consensus.block import Block
 
 DB_FILE = "chain.sqlite3"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: signed readings (seq, flags, openings per reading), seals, gap notices
 # How long a write waits for another connection's write lock (an operator's sqlite3 shell)
 # before failing; the node calls the store from its event loop, so this bounds a stall.
 BUSY_TIMEOUT_S = 2.0
@@ -37,38 +47,41 @@ INDEX_FETCH = 2_000  # rows per fetch while streaming the block index
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS blocks (
     hash BLOB PRIMARY KEY, height INTEGER NOT NULL, prev_hash BLOB NOT NULL,
-    seq INTEGER NOT NULL UNIQUE, header BLOB NOT NULL, relay_id TEXT NOT NULL,
-    newest_ms INTEGER, openings INTEGER NOT NULL, n_readings INTEGER NOT NULL, raw BLOB NOT NULL
+    seq INTEGER NOT NULL UNIQUE, header BLOB NOT NULL, relay_id TEXT NOT NULL, relay_key BLOB NOT NULL,
+    last_seq INTEGER, newest_ms INTEGER, n_readings INTEGER NOT NULL, n_seals INTEGER NOT NULL,
+    gap_resume_seq INTEGER, gap_boot_ms INTEGER, raw BLOB NOT NULL
 );
+CREATE INDEX IF NOT EXISTS blocks_with_gaps ON blocks (gap_resume_seq) WHERE gap_resume_seq IS NOT NULL;
 CREATE TABLE IF NOT EXISTS main (height INTEGER PRIMARY KEY, hash BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS readings (
-    relay_id TEXT NOT NULL, timestamp_ms INTEGER NOT NULL,
+    relay_id TEXT NOT NULL, seq INTEGER NOT NULL, timestamp_ms INTEGER NOT NULL,
+    openings INTEGER NOT NULL, flags INTEGER NOT NULL,
     vab REAL, vbc REAL, vca REAL, ia REAL, ib REAL, ic REAL, frequency REAL, power_factor REAL,
-    active_power REAL, reactive_power REAL, openings INTEGER NOT NULL,
+    active_power REAL, reactive_power REAL,
     block_height INTEGER NOT NULL, block_hash BLOB NOT NULL,
-    PRIMARY KEY (relay_id, timestamp_ms)
+    PRIMARY KEY (relay_id, seq)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS readings_by_time ON readings (timestamp_ms, relay_id);
+CREATE INDEX IF NOT EXISTS readings_by_time ON readings (timestamp_ms, relay_id, seq);
 CREATE INDEX IF NOT EXISTS readings_by_height ON readings (block_height);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB);
 CREATE VIEW IF NOT EXISTS readings_view AS
-    SELECT relay_id, strftime('%Y-%m-%dT%H:%M:%fZ', timestamp_ms / 1000.0, 'unixepoch') AS time,
-           timestamp_ms, vab, vbc, vca, ia, ib, ic, frequency, power_factor, active_power,
-           reactive_power, openings, block_height, lower(hex(block_hash)) AS block_hash
+    SELECT relay_id, seq, strftime('%Y-%m-%dT%H:%M:%fZ', timestamp_ms / 1000.0, 'unixepoch') AS time,
+           timestamp_ms, openings, flags, vab, vbc, vca, ia, ib, ic, frequency, power_factor, active_power,
+           reactive_power, block_height, lower(hex(block_hash)) AS block_hash
     FROM readings;
 """
-_READING_COLUMNS = ("relay_id, timestamp_ms, vab, vbc, vca, ia, ib, ic, frequency, power_factor, "
-                    "active_power, reactive_power")
-_INSERT_BLOCK = "INSERT INTO blocks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-_INSERT_READING = f"INSERT INTO readings ({_READING_COLUMNS}, openings, block_height, block_hash) " \
-                  f"VALUES ({', '.join('?' * 15)})"
+READING_COLUMNS = ("relay_id", *ROW_FIELDS, "block_height", "block_hash")  # one readings row, in order
+READING_SELECT = ", ".join(READING_COLUMNS)  # the columns, as SQL
+INDEX_COLUMNS = "hash, header, relay_id, last_seq, newest_ms, relay_key"  # what rebuilds the chain
+_INSERT_BLOCK = f"INSERT INTO blocks VALUES ({', '.join('?' * 14)})"
+_INSERT_READING = f"INSERT INTO readings ({READING_SELECT}) VALUES ({', '.join('?' * len(READING_COLUMNS))})"
 
 # SQLite primary result codes (https://sqlite.org/rescode.html) -> StoreError reasons.
 _REASONS = {13: "disk-full", 8: "read-only", 11: "corrupt", 26: "corrupt", 10: "io-error",
             14: "cannot-open", 5: "busy", 6: "busy", 19: "constraint", 23: "access-denied"}
 
 
-class StoreError(Exception):
+class StoreError(GridchainError):
     """The store cannot do what was asked; ``reason`` is a short stable name."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
@@ -199,8 +212,11 @@ class Store:
         rows = []
         for block in blocks:
             c = block.capture
+            gap = c.gap
             rows.append((block.hash, block.height, block.prev_hash, self._next_seq, block.header.to_bytes(),
-                         c.relay_id, c.newest_ms, c.openings, len(c.readings), block.encode()))
+                         c.relay_id, c.relay_key, c.last_seq, c.newest_ms, len(c.readings), len(c.seals),
+                         None if gap is None else gap.resume_seq, None if gap is None else gap.boot_ms,
+                         block.encode()))
             self._next_seq += 1
         self.db.executemany(_INSERT_BLOCK, rows)
 
@@ -235,30 +251,28 @@ class Store:
     def count_blocks(self) -> int:
         return self._one("SELECT count(*) FROM blocks", (), "counting blocks")[0]
 
-    def iter_index(self) -> Iterator[tuple[bytes, bytes, str, int | None, int]]:
-        """(hash, header, relay_id, newest_ms, openings) of every block, in arrival order.
+    def iter_index(self) -> Iterator[tuple[bytes, bytes, str, int | None, int | None, bytes]]:
+        """(hash, header, relay_id, last_seq, newest_ms, relay_key) of every block, in arrival order.
 
         Parents always arrive before their children, so the chain can be rebuilt in this
         order without decoding a single payload.
         """
         try:
-            cursor = self.db.execute(
-                "SELECT hash, header, relay_id, newest_ms, openings FROM blocks ORDER BY seq")
+            cursor = self.db.execute(f"SELECT {INDEX_COLUMNS} FROM blocks ORDER BY seq")
             while rows := cursor.fetchmany(INDEX_FETCH):
                 yield from rows
         except sqlite3.Error as exc:
             raise store_error(exc, "reading the block index") from None
 
     def readings_page(self, relay: str | None = None, since_ms: int | None = None, until_ms: int | None = None,
-                      after: tuple[int, str] | None = None, limit: int = 1000
-                      ) -> tuple[list[tuple], tuple[int, str] | None]:
-        """Main-chain readings ordered by (timestamp_ms, relay_id), one keyset page at a time.
+                      after: tuple[int, str, int] | None = None, limit: int = 1000
+                      ) -> tuple[list[tuple], tuple[int, str, int] | None]:
+        """Main-chain readings ordered by (timestamp_ms, relay_id, seq), one keyset page at a time.
 
-        Rows are (relay_id, timestamp_ms, vab, ..., reactive_power, openings, block_height,
-        block_hash); ``since_ms`` and ``until_ms`` are inclusive. The second value is the
-        ``after`` of the next page, or None when this page is the last.
+        Rows are READING_COLUMNS; ``since_ms`` and ``until_ms`` are inclusive. The second
+        value is the ``after`` of the next page, (timestamp_ms, relay_id, seq) of this
+        page's last row, or None when this page is the last.
         """
-        limit = max(1, min(limit, MAX_PAGE))
         where, args = [], []
         if relay is not None:
             where.append("relay_id = ?")
@@ -270,23 +284,101 @@ class Store:
             where.append("timestamp_ms <= ?")
             args.append(until_ms)
         if after is not None:
-            where.append("(timestamp_ms, relay_id) > (?, ?)")
+            where.append("(timestamp_ms, relay_id, seq) > (?, ?, ?)")
             args.extend(after)
-        sql = (f"SELECT {_READING_COLUMNS}, openings, block_height, block_hash FROM readings "
-               f"{'WHERE ' + ' AND '.join(where) if where else ''} "
-               f"ORDER BY timestamp_ms, relay_id LIMIT ?")
-        try:
-            rows = self.db.execute(sql, (*args, limit)).fetchall()
-        except sqlite3.Error as exc:
-            raise store_error(exc, "reading readings") from None
-        following = (rows[-1][1], rows[-1][0]) if len(rows) == limit else None
+        rows, limit = self._readings(where, args, "timestamp_ms, relay_id, seq", limit)
+        following = (rows[-1][2], rows[-1][0], rows[-1][1]) if len(rows) == limit else None
         return rows, following
 
-    def reading_location(self, relay_id: str, timestamp_ms: int) -> tuple[bytes, int] | None:
-        """(block hash, height) of the main-chain block holding this reading, if any."""
-        row = self._one("SELECT block_hash, block_height FROM readings WHERE relay_id = ? AND timestamp_ms = ?",
-                        (relay_id, timestamp_ms), "locating a reading")
+    def relay_readings(self, relay_id: str, after_seq: int = 0, until_seq: int | None = None,
+                       limit: int = 1000) -> tuple[list[tuple], int | None]:
+        """Main-chain readings of one relay with seq > ``after_seq`` (and <= ``until_seq``), by seq.
+
+        The second value is the ``after_seq`` of the next page, or None when this is the last.
+        """
+        where, args = ["relay_id = ?", "seq > ?"], [relay_id, after_seq]
+        if until_seq is not None:
+            where.append("seq <= ?")
+            args.append(until_seq)
+        rows, limit = self._readings(where, args, "seq", limit)
+        return rows, rows[-1][1] if len(rows) == limit else None
+
+    def _readings(self, where: list[str], args: list, order: str, limit: int) -> tuple[list[tuple], int]:
+        limit = max(1, min(limit, MAX_PAGE))
+        sql = (f"SELECT {READING_SELECT} FROM readings {'WHERE ' + ' AND '.join(where) if where else ''} "
+               f"ORDER BY {order} LIMIT ?")
+        try:
+            return self.db.execute(sql, (*args, limit)).fetchall(), limit
+        except sqlite3.Error as exc:
+            raise store_error(exc, "reading readings") from None
+
+    def reading_location(self, relay_id: str, timestamp_ms: int | None = None, *,
+                         seq: int | None = None) -> tuple[bytes, int] | None:
+        """(block hash, height) of the main-chain block holding this reading, if any.
+
+        By ``seq`` (unique per relay) or by ``timestamp_ms`` (the relay's clock may repeat a
+        time: then the lowest seq at that time).
+        """
+        if seq is not None:
+            sql, args = "SELECT block_hash, block_height FROM readings WHERE relay_id = ? AND seq = ?", (relay_id, seq)
+        else:
+            sql = ("SELECT block_hash, block_height FROM readings WHERE relay_id = ? AND timestamp_ms = ? "
+                   "ORDER BY seq LIMIT 1")
+            args = (relay_id, timestamp_ms)
+        row = self._one(sql, args, "locating a reading")
         return None if row is None else (row[0], row[1])
+
+    def gaps(self) -> list[Gap]:
+        """Every hole in a relay's sequence on the main chain (each one the relay signed)."""
+        try:
+            return main_chain_gaps(self.db)
+        except sqlite3.Error as exc:
+            raise store_error(exc, "listing gaps") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Readings a relay signed as lost: seqs ``first_seq``..``last_seq`` (inclusive) never
+    reached the chain. ``after_ms`` is the time of the relay's reading just before, ``resume_ms``
+    that of the first reading after; ``boot_ms`` is
+    the relay's own restart time from its notice; ``height``/``block_hash`` name the block
+    carrying the notice."""
+
+    relay_id: str
+    first_seq: int
+    last_seq: int
+    after_ms: int
+    resume_ms: int
+    boot_ms: int
+    height: int
+    block_hash: bytes
+
+    def as_dict(self) -> dict[str, object]:
+        return {"relay_id": self.relay_id, "first_seq": self.first_seq, "last_seq": self.last_seq,
+                "missing": self.last_seq - self.first_seq + 1, "after_ms": self.after_ms,
+                "resume_ms": self.resume_ms, "boot_ms": self.boot_ms, "height": self.height,
+                "block_hash": self.block_hash.hex()}
+
+
+def main_chain_gaps(db: sqlite3.Connection) -> list[Gap]:
+    """The gaps of the main chain, oldest block first, from the blocks' notices and the readings table."""
+    gaps = []
+    for relay_id, resume, boot_ms, height, block_hash in db.execute(
+            "SELECT b.relay_id, b.gap_resume_seq, b.gap_boot_ms, b.height, b.hash FROM blocks b "
+            "JOIN main m ON m.hash = b.hash WHERE b.gap_resume_seq IS NOT NULL ORDER BY b.height").fetchall():
+        before = db.execute("SELECT seq, timestamp_ms FROM readings WHERE relay_id = ? AND seq < ? "
+                            "ORDER BY seq DESC LIMIT 1", (relay_id, resume)).fetchone()
+        if before is None:
+            # The relay's first block: its sequence starts where it starts (a relay whose key
+            # was made before its first start begins with a notice at a clock-derived seq).
+            continue
+        if before[0] + 1 >= resume:
+            continue  # a notice the relay sent although nothing was lost
+        resumed = db.execute("SELECT timestamp_ms FROM readings WHERE relay_id = ? AND seq = ?",
+                             (relay_id, resume)).fetchone()
+        gaps.append(Gap(relay_id, before[0] + 1, resume - 1, before[1],
+                        None if resumed is None else resumed[0], boot_ms, height, block_hash))
+    return gaps
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -337,9 +429,9 @@ def _net_change(changes: Sequence[MainChange]) -> tuple[int, list[Block], bytes 
 
 
 def reading_rows(blocks: Sequence[Block]) -> Iterator[tuple]:
-    """The readings-table rows of ``blocks``, in the table's column order."""
+    """The readings-table rows of ``blocks`` (READING_COLUMNS order), by seq within a block."""
     for block in blocks:
-        c = block.capture
-        for r in c.readings:
-            yield (c.relay_id, r.timestamp_ms, r.vab, r.vbc, r.vca, r.ia, r.ib, r.ic, r.frequency,
-                   r.power_factor, r.active_power, r.reactive_power, c.openings, block.height, block.hash)
+        relay_id = block.capture.relay_id
+        for r in block.capture.readings:
+            yield (relay_id, r.seq, r.timestamp_ms, r.openings, r.flags, r.vab, r.vbc, r.vca, r.ia, r.ib, r.ic,
+                   r.frequency, r.power_factor, r.active_power, r.reactive_power, block.height, block.hash)

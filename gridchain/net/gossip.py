@@ -1,45 +1,45 @@
-"""The peer set: listening, dialling, bans, block push gossip, tip announcements and sync.
+"""The peer set: dialling, bans, block push gossip, tip announcements and sync.
 
 Gossip knows nothing of storage or validation. It talks to the node through a ChainView
-(what our chain looks like, and a way to hand it blocks), and every message a peer sends
-arrives at one ``on_<type>`` method here.
+(what our chain looks like, and a way to hand it blocks), and every message a peer delivers
+arrives at one ``on_<type>`` method here. The node's listener hands it the inbound
+connections whose first frame is a peer's (``accept``); it dials the configured peers itself.
+The handshake and keepalive are the sans-IO gridchain.net.protocol, sync progress is
+gridchain.net.sync, and what each fault costs a peer is gridchain.net.penalties.
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import structlog
 
-from gridchain.config import Address
+from gridchain.config import DEFAULT_BAN_SECONDS, DEFAULT_REDIAL_MAX_S, Address
 from gridchain.consensus.block import Block, short_hash
-from gridchain.wire.frames import MAX_FRAME_BYTES, FrameDecoder, FrameError, encode_frame
+from gridchain.net import sync as sync_rules
 from gridchain.net.messages import (
-    CLIENT_REQUESTS, MAX_BLOCKS_PER_MESSAGE, MAX_LOCATOR, PROTOCOL_VERSION, BlockMessage, Blocks, GetBlocks,
-    Hello, Ping, Pong, Reject, Tip, encode_message,
+    MAX_BLOCKS_PER_MESSAGE, PROTOCOL_VERSION, BlockMessage, Blocks, GetBlocks, Hello, Reject, Tip, blocks_frame,
+    decode_message, encode_message,
 )
-from gridchain.net.peer import HANDSHAKE_TIMEOUT_S, READ_CHUNK, Peer, ProtocolViolation
+from gridchain.net.peer import Peer
+from gridchain.net.penalties import BLOCK, cost_of
+from gridchain.net.protocol import ProtocolViolation
+from gridchain.wire.frames import encode_frame
+from gridchain.wire.reconnect import Reconnect
+from gridchain.wire.streams import READ_CHUNK, FrameReader
 
 log = structlog.get_logger()
 
 AGENT = "gridchain/0.1.0"
 # Tip announcements go out on every change and at least this often (the chain-length gossip).
 TIP_INTERVAL_S = 10.0
-# Redial backoff for configured peers: doubling from the first delay, with jitter, capped.
+# Redial backoff for configured peers: doubling from this first delay (capped by redial_max_s).
 DIAL_FIRST_DELAY_S = 0.25
-DIAL_MAX_DELAY_S = 30.0
 DIAL_TIMEOUT_S = 5.0
-# Dial failures of one address are logged at most this often (the first, then once a minute).
-DIAL_LOG_EVERY_S = 60.0
-# A sync request unanswered this long means the peer is stalling us: drop and ban it.
-SYNC_TIMEOUT_S = 20.0
-# Consecutive empty sync answers from a peer that claims more work than ours before we stop believing it.
-MAX_EMPTY_SYNC_ANSWERS = 3
 # Tip announcements beyond this rate per peer are dropped unprocessed (a flood is cheap to ignore).
 TIP_RATE_PER_S = 20.0
 TIP_BURST = 40
@@ -48,7 +48,6 @@ TIP_BURST = 40
 MAX_BANS = 10_000
 # Connections that end this way say nothing about the peer, so they are not logged.
 QUIET_CLOSE_REASONS = frozenset({"closed", "peer-closed", "connection-lost", "shutdown"})
-CLIENT_TYPES = frozenset(cls.TYPE for cls in CLIENT_REQUESTS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +55,7 @@ class ReceiveResult:
     """What the node made of blocks a peer sent."""
 
     accepted: tuple[Block, ...] = ()  # new blocks now in our tree (to gossip on)
-    invalid: tuple[str, str] | None = None  # (reason, detail) of the first invalid block
+    invalid: tuple[str, str] | None = None  # (reason, detail) of the first block that broke a rule
     missing_parent: bool = False  # some block's parent is unknown: we are behind this peer
 
 
@@ -70,11 +69,9 @@ class ChainView(Protocol):
     def has_block(self, block_hash: bytes) -> bool: ...  # in the tree or held as an orphan
     def is_linked(self, block_hash: bytes) -> bool: ...  # in the tree
     def locator(self) -> list[bytes]: ...
-    def blocks_for_locator(self, locator: list[bytes], limit: int) -> tuple[list[Block], bool]: ...
+    # Main-chain blocks after the locator's fork as (hash, stored bytes), and whether more follow.
+    def blocks_for_locator(self, locator: list[bytes], limit: int) -> tuple[list[tuple[bytes, bytes]], bool]: ...
     async def receive_blocks(self, blocks: list[Block], peer: str, via_sync: bool) -> ReceiveResult: ...
-
-
-ClientHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, FrameDecoder, list[object]], Awaitable[None]]
 
 
 @dataclass(slots=True)
@@ -93,41 +90,33 @@ class _TipBucket:
 
 
 class Gossip:
-    """Every connection of one node, and the rules for what travels over them."""
+    """Every peer connection of one node, and the rules for what travels over them."""
 
-    def __init__(self, *, chain: ChainView, node_key: bytes, name: str, host: str, port: int,
-                 peers: tuple[Address, ...] = (), max_inbound: int = 64, ban_seconds: float = 600.0,
-                 client_handler: ClientHandler | None = None, max_frame: int = MAX_FRAME_BYTES,
-                 redial_max_s: float = DIAL_MAX_DELAY_S) -> None:
+    def __init__(self, *, chain: ChainView, node_key: bytes, name: str, port: int = 0,
+                 peers: tuple[Address, ...] = (), ban_seconds: float = DEFAULT_BAN_SECONDS,
+                 redial_max_s: float = DEFAULT_REDIAL_MAX_S,
+                 decode: Callable[[object], object] = decode_message) -> None:
         self.chain = chain
         self.node_key = node_key
         self.name = name
-        self.host = host
-        self.port = port
+        self.port = port  # our listen port, as told in hello (0: we accept no connections)
         self.configured = peers
-        self.max_inbound = max_inbound
         self.ban_seconds = ban_seconds
-        self.client_handler = client_handler
-        self.max_frame = max_frame
         self.redial_max_s = redial_max_s
+        self.decode = decode
         self.peers: dict[bytes, Peer] = {}  # ready peers by node key
         self.connections: set[Peer] = set()  # every live connection, handshaking or ready
         self.banned: dict[str, float] = {}  # node key hex or listen address -> monotonic expiry
-        self.sync_peer: Peer | None = None
-        self.sync_deadline = 0.0
-        self._sync_after: tuple[int, bytes] | None = None  # (height, hash) of the last block the sync peer sent
-        self._empty_answers: dict[bytes, int] = {}
-        self._inbound_handshaking = 0  # accepted sockets that have not sent a whole frame yet
+        self.sync = sync_rules.SyncState()
         self._tip_buckets: dict[int, _TipBucket] = {}
-        self._server: asyncio.Server | None = None
         self._peer_changed = asyncio.Event()
         self.log = log.bind(node=name)
 
-    # --- lifecycle -----------------------------------------------------------------------
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, self.host, self.port, limit=READ_CHUNK)
-        self.port = self._server.sockets[0].getsockname()[1]
+    @property
+    def sync_peer(self) -> Peer | None:
+        return self.sync.peer
 
+    # --- lifecycle -----------------------------------------------------------------------
     async def run(self) -> None:
         """Dial configured peers, announce the tip, watch sync; until cancelled."""
         async with asyncio.TaskGroup() as tasks:
@@ -136,17 +125,9 @@ class Gossip:
             tasks.create_task(self._announce_periodically())
             tasks.create_task(self._watch_sync())
 
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
+    def close(self) -> None:
         for peer in list(self.connections):
             peer.close("shutdown")
-        if self._server is not None:
-            try:
-                async with asyncio.timeout(2.0):
-                    await self._server.wait_closed()
-            except TimeoutError:
-                pass
 
     # --- bans ----------------------------------------------------------------------------
     def is_banned(self, key: str) -> bool:
@@ -171,47 +152,13 @@ class Gossip:
                          reason=reason, detail=peer.close_detail, seconds=self.ban_seconds)
 
     # --- connections -----------------------------------------------------------------------
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        host, port = writer.get_extra_info("peername")[:2]
-        address = f"{host}:{port}"
-        # Sockets still waiting for their first frame count too: otherwise any number of
-        # silent connections could each hold a socket and a task for the handshake timeout.
-        inbound = sum(1 for p in self.connections if p.inbound) + self._inbound_handshaking
-        if inbound >= self.max_inbound:
-            self.log.info("peer.refused", peer=address, reason="too-many-inbound")
-            writer.transport.abort()
-            return
-        decoder = FrameDecoder(self.max_frame)
-        self._inbound_handshaking += 1
-        try:
-            first = await self._first_frames(reader, decoder)
-        except (TimeoutError, FrameError, ConnectionError) as exc:
-            reason = getattr(exc, "reason", None) or ("handshake-timeout" if isinstance(exc, TimeoutError) else "closed")
-            self.log.info("peer.refused", peer=address, reason=reason, detail=str(exc))
-            writer.transport.abort()
-            return
-        finally:
-            self._inbound_handshaking -= 1
-        if not first:
-            writer.transport.abort()
-            return
-        head = first[0]
-        if isinstance(head, list) and head and head[0] in CLIENT_TYPES and self.client_handler:
-            await self.client_handler(reader, writer, decoder, first)
-            return
-        peer = Peer(reader, writer, handler=self, inbound=True, address=address,
-                    max_frame=self.max_frame, first_frames=first, decoder=decoder)
-        await self._run_peer(peer)
+    def inbound_count(self) -> int:
+        return sum(1 for p in self.connections if p.inbound)
 
-    async def _first_frames(self, reader: asyncio.StreamReader, decoder: FrameDecoder) -> list[object]:
-        async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
-            while True:
-                data = await reader.read(READ_CHUNK)
-                if not data:
-                    return []
-                frames = decoder.feed(data)
-                if frames:
-                    return frames
+    async def accept(self, frames: FrameReader, writer: asyncio.StreamWriter, address: str) -> None:
+        """Run an inbound connection whose first frame (still unread in ``frames``) is a peer's."""
+        await self._run_peer(Peer(frames, writer, handler=self, hello=self.make_hello(), inbound=True,
+                                  address=address, decode=self.decode))
 
     async def _run_peer(self, peer: Peer) -> None:
         self.connections.add(peer)
@@ -221,9 +168,7 @@ class Gossip:
             self.connections.discard(peer)
 
     async def _dial_forever(self, address: Address) -> None:
-        delay = DIAL_FIRST_DELAY_S
-        last_logged = -DIAL_LOG_EVERY_S
-        failing = False
+        backoff = Reconnect(first_delay=DIAL_FIRST_DELAY_S, max_delay=self.redial_max_s)
         target = str(address)
         while True:
             if self._connected_to(target) or self.is_banned(target):
@@ -238,27 +183,22 @@ class Gossip:
                 async with asyncio.timeout(DIAL_TIMEOUT_S):
                     reader, writer = await asyncio.open_connection(address.host, address.port, limit=READ_CHUNK)
             except (OSError, TimeoutError) as exc:
-                now = time.monotonic()
-                if now - last_logged >= DIAL_LOG_EVERY_S:
+                if backoff.failed(time.monotonic()):
                     self.log.info("peer.dial_failed", peer=target, error=str(exc) or type(exc).__name__,
-                             retry_s=round(delay, 2))
-                    last_logged = now
-                failing = True
-                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-                delay = min(delay * 2, self.redial_max_s)
+                                  retry_s=round(backoff.delay, 2))
+                await backoff.wait()
                 continue
-            if failing:
+            if backoff.succeeded():
                 self.log.info("peer.restored", peer=target)
-                failing = False
-            peer = Peer(reader, writer, handler=self, inbound=False, address=target, max_frame=self.max_frame)
+            peer = Peer(FrameReader(reader), writer, handler=self, hello=self.make_hello(), inbound=False,
+                        address=target, decode=self.decode)
             await self._run_peer(peer)
             if peer.close_reason == "self":
                 self.log.info("peer.dial_stopped", peer=target, reason="self")
                 return
             if peer.hello is not None:
-                delay = DIAL_FIRST_DELAY_S  # it worked once: come back quickly
-            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-            delay = min(delay * 2, self.redial_max_s)
+                backoff.reset()  # it worked once: come back quickly
+            await backoff.wait()
 
     def _connected_to(self, address: str) -> bool:
         return any(p.listen_address == address or (not p.inbound and p.address == address)
@@ -271,22 +211,17 @@ class Gossip:
                      node_key=self.node_key, listen_port=self.port, height=height, tip=tip, work=work,
                      agent=AGENT, name=self.name)
 
-    def check_hello(self, peer: Peer, hello: Hello) -> None:
-        if hello.version != PROTOCOL_VERSION:
-            raise ProtocolViolation("bad-version", f"speaks {hello.version}, we speak {PROTOCOL_VERSION}", ban=False)
-        if hello.network != self.chain.network or hello.genesis != self.chain.genesis_hash:
-            raise ProtocolViolation("wrong-network", f"{hello.network} {hello.genesis.hex()[:12]}", ban=False)
-        if hello.node_key == self.node_key:
-            raise ProtocolViolation("self", "connected to ourselves", ban=False)
+    def admit(self, peer: Peer, hello: Hello) -> None:
+        """The node-wide part of checking a hello (the protocol checked network and self)."""
         if self.is_banned(hello.node_key.hex()):
-            raise ProtocolViolation("banned", "node is banned", ban=False)
+            raise ProtocolViolation("banned", "node is banned")
         existing = self.peers.get(hello.node_key)
         if existing is not None:
             # Both ends decide alike: keep the link dialled by the smaller key, so two nodes
             # that dial each other at once end up with exactly one connection, not zero.
             dialler = self.node_key if not peer.inbound else hello.node_key
             if dialler != min(self.node_key, hello.node_key):
-                raise ProtocolViolation("duplicate-peer", "already connected", ban=False)
+                raise ProtocolViolation("duplicate-peer", "already connected")
             existing.close("duplicate-peer")
             self.peers.pop(hello.node_key, None)
 
@@ -294,7 +229,7 @@ class Gossip:
         self.peers[peer.node_key] = peer
         self._peer_changed.set()
         self.log.info("peer.connected", peer=peer.listen_address, node_key=peer.node_key.hex()[:16],
-                 name=peer.hello.name if peer.hello else "", inbound=peer.inbound, height=peer.height)
+                      name=peer.hello.name if peer.hello else "", inbound=peer.inbound, height=peer.height)
         self._maybe_sync(peer)
 
     async def on_peer_closed(self, peer: Peer, reason: str, ban: bool) -> None:
@@ -312,17 +247,10 @@ class Gossip:
         elif reason not in QUIET_CLOSE_REASONS:
             self.log.info("peer.refused", peer=peer.listen_address, reason=reason, detail=peer.close_detail)
         self._tip_buckets.pop(id(peer), None)
-        if self.sync_peer is peer:
-            self.sync_peer = None
+        if self.sync.peer_gone(peer):
             self._sync_from_best()
 
     # --- messages --------------------------------------------------------------------------
-    async def on_ping(self, peer: Peer, message: Ping) -> None:
-        peer.send(Pong(nonce=message.nonce))
-
-    async def on_pong(self, peer: Peer, message: Pong) -> None:
-        pass  # any frame resets the idle timer; nothing else to do
-
     async def on_reject(self, peer: Peer, message: Reject) -> None:
         self.log.info("peer.rejected_us", peer=peer.listen_address, code=message.code, detail=message.detail)
 
@@ -344,13 +272,8 @@ class Gossip:
             return
         tip_before = self.chain.tip_info()[1]
         result = await self.chain.receive_blocks([block], peer.listen_address, via_sync=False)
-        self._judge(peer, result)
-        for accepted in result.accepted:
-            self.broadcast_block(accepted, source=peer)
-        if self.chain.tip_info()[1] != tip_before:
-            # After the blocks, never before: a peer told of more work before it holds the
-            # block would start a sync round only to be sent the block it just received.
-            self.announce_tip()
+        self._judge(result)
+        self.spread(result.accepted, self.chain.tip_info()[1] != tip_before, source=peer)
         if result.missing_parent:
             # Not an offence: a peer ahead of us sends such blocks. It is held aside and we
             # ask the peer for the blocks between; failing to deliver them is what gets it banned.
@@ -360,82 +283,53 @@ class Gossip:
 
     async def on_get_blocks(self, peer: Peer, message: GetBlocks) -> None:
         limit = min(message.limit, MAX_BLOCKS_PER_MESSAGE)
-        blocks, more = self.chain.blocks_for_locator(list(message.locator), limit)
-        for block in blocks:
-            peer.known.add(block.hash)
-        peer.send(Blocks(blocks=tuple(blocks), more=more))
+        stored, more = self.chain.blocks_for_locator(list(message.locator), limit)
+        for block_hash, _ in stored:
+            peer.known.add(block_hash)
+        peer.send_frame(blocks_frame([raw for _, raw in stored], more))
 
     async def on_blocks(self, peer: Peer, message: Blocks) -> None:
-        if peer is not self.sync_peer:
+        if not self.sync.answer_arrived(peer, message, time.monotonic()):
             return  # a late answer to a request we gave up on
-        self.sync_deadline = time.monotonic() + SYNC_TIMEOUT_S
         # An orphan we hold is sent on with the rest: the run links in order, so dropping it
         # would leave every block after it parentless, and it, with no sender, stranded.
         blocks = [b for b in message.blocks if not self.chain.is_linked(b.hash)]
         for block in message.blocks:
             peer.known.add(block.hash)
-        # Blocks we already hold (a side branch) still move the sync on, as long as each
-        # answer ends further up the peer's chain than the one before.
-        last = message.blocks[-1] if message.blocks else None
-        advanced = last is not None and (self._sync_after is None or last.height > self._sync_after[0])
-        if advanced:
-            self._sync_after = (last.height, last.hash)
         if blocks:
             result = await self.chain.receive_blocks(blocks, peer.listen_address, via_sync=True)
-            self._judge(peer, result)
+            self._judge(result)
             if not result.accepted and not result.missing_parent:
                 # Valid, yet none taken: our store refused them (disk full or read-only).
                 # Asking again at once would spin; the peer's next tip or block resumes.
-                self.sync_peer = None
+                self.sync.end()
                 return
             self.announce_tip()
-        if blocks:
-            self._empty_answers.pop(peer.node_key, None)
-        elif not (advanced and message.more):
-            # Walking up a side branch we already hold (advanced, more to come) is progress;
-            # anything else that brings no new block counts, across rounds too, so a peer
-            # that ends each round with a known block cannot restart us for ever.
-            count = self._empty_answers.get(peer.node_key, 0) + 1
-            self._empty_answers[peer.node_key] = count
-            if count >= MAX_EMPTY_SYNC_ANSWERS and (message.more or peer.work > self.chain.tip_info()[2]):
-                raise ProtocolViolation("empty-sync", "claims more blocks but sends none we lack")
         height, _, work = self.chain.tip_info()
-        if message.more or (blocks and peer.work > work):
-            self._send_get_blocks(peer)
+        request = self.sync.answer_handled(peer.node_key, message, len(blocks), peer.work, work,
+                                           self.chain.locator(), time.monotonic())
+        if request is not None:
+            peer.send(request)
         else:
-            self.sync_peer = None
-            self._sync_after = None
             self.log.info("sync.done", peer=peer.listen_address, height=height)
             self._sync_from_best()
 
-    def _judge(self, peer: Peer, result: ReceiveResult) -> None:
+    def _judge(self, result: ReceiveResult) -> None:
+        """Raise for a block that broke a rule, unless its cost is to keep the sender."""
         if result.invalid is not None:
             reason, detail = result.invalid
-            raise ProtocolViolation(reason, detail)
+            if cost_of(reason, BLOCK).closes:
+                raise ProtocolViolation(reason, detail, kind=BLOCK)
 
     # --- sync --------------------------------------------------------------------------------
     def _maybe_sync(self, peer: Peer) -> None:
-        if peer.work > self.chain.tip_info()[2] and self.sync_peer is None:
+        if self.sync.wants(peer.work, self.chain.tip_info()[2]):
             self._request_sync(peer)
 
     def _request_sync(self, peer: Peer) -> None:
-        if self.sync_peer is not None and self.sync_peer is not peer:
-            return
-        if self.sync_peer is None:
-            self._sync_after = None
-        self.sync_peer = peer
-        self._send_get_blocks(peer)
-
-    def _send_get_blocks(self, peer: Peer) -> None:
-        self.sync_deadline = time.monotonic() + SYNC_TIMEOUT_S
-        locator = self.chain.locator()
-        if self._sync_after is not None and self._sync_after[1] != locator[0]:
-            # Go on from the last block the peer sent: when it is on a side branch of ours,
-            # our own locator would have the peer send the same blocks over and over.
-            locator = [self._sync_after[1], *locator]
-            if len(locator) > MAX_LOCATOR:
-                locator = [*locator[:MAX_LOCATOR - 1], locator[-1]]  # keep genesis last
-        peer.send(GetBlocks(locator=tuple(locator), limit=MAX_BLOCKS_PER_MESSAGE))
+        request = self.sync.request(peer, self.chain.locator(), time.monotonic())
+        if request is not None:
+            peer.send(request)
 
     def _sync_from_best(self) -> None:
         work = self.chain.tip_info()[2]
@@ -446,13 +340,24 @@ class Gossip:
     async def _watch_sync(self) -> None:
         while True:
             await asyncio.sleep(1.0)
-            peer = self.sync_peer
-            if peer is not None and time.monotonic() > self.sync_deadline:
-                self.log.warning("sync.stalled", peer=peer.listen_address, seconds=SYNC_TIMEOUT_S)
-                self.sync_peer = None
-                peer.close("sync-timeout", ban=True, detail=f"no blocks answer within {SYNC_TIMEOUT_S}s")
+            peer = self.sync.stalled(time.monotonic())
+            if peer is not None:
+                timeout = sync_rules.SYNC_TIMEOUT_S
+                self.log.warning("sync.stalled", peer=peer.listen_address, seconds=timeout)
+                peer.close("sync-timeout", f"no blocks answer within {timeout}s")
 
     # --- outgoing gossip ---------------------------------------------------------------------
+    def spread(self, blocks: tuple[Block, ...] | list[Block], tip_changed: bool, source: Peer | None = None) -> None:
+        """Push new blocks on, then announce the tip if it moved.
+
+        After the blocks, never before: a peer told of more work before it holds the block
+        would start a sync round only to be sent the block it just received.
+        """
+        for block in blocks:
+            self.broadcast_block(block, source)
+        if tip_changed:
+            self.announce_tip()
+
     def broadcast_block(self, block: Block, source: Peer | None = None) -> int:
         """Push a block to every ready peer that is not known to have it; returns how many."""
         frame = encode_frame(encode_message(BlockMessage(block=block)))
@@ -475,8 +380,3 @@ class Gossip:
         while True:
             await asyncio.sleep(TIP_INTERVAL_S)
             self.announce_tip()
-
-    def peer_rows(self) -> list[dict]:
-        return [{"address": p.listen_address, "node_key": p.node_key.hex(), "name": p.hello.name if p.hello else "",
-                 "state": p.state, "inbound": p.inbound, "height": p.height, "tip": short_hash(p.tip) if p.tip else ""}
-                for p in self.peers.values()]

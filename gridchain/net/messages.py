@@ -1,4 +1,4 @@
-"""Peer and operator messages: one frozen dataclass per type, with strict decoding. Pure.
+"""Peer messages: one frozen dataclass per type, with strict decoding. Pure.
 
 A message travels in one frame (gridchain.wire.frames) as the msgpack array ``[type, body]``: the
 type a str, the body a map with str keys. ``encode_message`` builds that array from a
@@ -7,28 +7,32 @@ field must be present with its exact msgpack type (bool is not int, float is not
 only where a field says so), hashes and keys exactly 32 bytes, integers in range, lists
 within their caps. Keys a receiver does not know are ignored, so a later version can add
 fields. Each failure is a ``MessageError`` with one of five stable reasons; no input makes
-``decode_message`` raise anything else. The field checks themselves are in gridchain.net.fields.
+``decode_message`` raise anything else. The field checks themselves are in gridchain.wire.fields.
 
-Peer messages (PEER_MESSAGES) are gossip between nodes. Client requests (CLIENT_REQUESTS)
-come from the operator's ``gridchain`` tool on the same port and get the replies below them.
+Peer messages (PEER_MESSAGES) are gossip between nodes. The operator's requests and replies,
+which share the node's port and this envelope (gridchain.wire.codec), are in
+gridchain.api.messages; the node decodes the union of both (gridchain.node.port).
 docs/protocol.md describes every message field by field.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-from gridchain.consensus.block import (
-    HEADER_SIZE, KEY_SIZE, MAX_READINGS_PER_BLOCK, MAX_TEXT_BYTES, READING_SIZE, Block,
+import msgpack
+
+from gridchain.consensus.block import KEY_SIZE, MAX_TEXT_BYTES, Block
+from gridchain.wire.codec import MAX_CODE, MAX_DETAIL, decoder, encode_message
+# MessageError is this module's API too.
+from gridchain.wire.fields import (
+    MAX_HEIGHT, MAX_U16, MAX_U32, MAX_U64, MISSING, MessageError, bin_field, block_field, bool_field, hash_list,
+    int_field, list_field, text_field, work_field,
 )
-# MessageError, its reasons, the value ranges and READINGS_ROW_LENGTH are this module's API too.
-from gridchain.net.fields import (
-    BAD_BLOCK, BAD_FIELD, BAD_SHAPE, I64_MAX, I64_MIN, MAX_HEIGHT, MAX_U16, MAX_U32, MAX_U64, MISSING,
-    READINGS_ROW_LENGTH, TOO_MANY, UNKNOWN_TYPE, MessageError, bin_field, block_field, bool_field, check_plain,
-    cursor_field, describe, event_fields, hash_list, header_row, int_field, list_field, optional_hash,
-    optional_int, problem_row, readings_row, text_field, work_field, wrong,
-)
+from gridchain.wire.frames import MAX_FRAME_BYTES, PREFIX_SIZE, FRAME_TOO_LARGE, FrameError
+
+__all__ = ["MAX_CODE", "MAX_DETAIL", "MessageError", "decoder", "encode_message"]  # besides what is defined here
 
 PROTOCOL_VERSION = 1  # the peer protocol spoken in hello; a node refuses any other
 
@@ -39,30 +43,8 @@ MAX_BLOCKS_PER_MESSAGE = 500
 # Node, network and miner names also go into blocks, whose text fields hold 256 bytes.
 MAX_NAME = MAX_TEXT_BYTES
 MAX_AGENT = 64  # bytes: a software name and version such as "gridchain/0.1.0"
-MAX_CODE = 64  # bytes: reject codes and error reasons are short stable names like "bad-pow"
-MAX_DETAIL = 4096  # bytes: one human-readable sentence or error text, never a payload
 # Cumulative work as big-endian bytes: 64 bytes hold 2**512, past any chain of 256-bit work.
 MAX_WORK_BYTES = 64
-MAX_HEADERS = 1000  # main-chain summary rows per headers request (~180 KB answered)
-MAX_READINGS_PAGE = 5000  # readings rows per page: ~750 KB, far under the 4 MiB frame cap
-# A reading's Merkle path: a payload of MAX_READINGS_PER_BLOCK + 1 leaves needs 14 hashes.
-MAX_PROOF_PATH = 32
-MAX_PROBLEMS = 1000  # a verify report lists at most this many problems; one already fails it
-# Status is a small tree of plain values (node -> peers -> one peer's fields is depth 3).
-MAX_INFO_DEPTH = 8
-
-
-class _EmptyBody:
-    """Base of the messages whose body is the empty map."""
-
-    __slots__ = ()
-
-    def to_body(self) -> dict:
-        return {}
-
-    @classmethod
-    def from_body(cls, body: dict):
-        return cls()
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,313 +191,28 @@ class Reject:
         return cls(text_field(body, "code", MAX_CODE), text_field(body, "detail", MAX_DETAIL))
 
 
-# --- operator requests and replies ---------------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class StatusRequest(_EmptyBody):
-    """Ask for the node's status."""
-
-    TYPE: ClassVar[str] = "status_request"
-
-
-@dataclass(frozen=True, slots=True)
-class Status:
-    """The node's status as a map of plain values (the node decides what it reports)."""
-
-    TYPE: ClassVar[str] = "status"
-    info: dict
-
-    def to_body(self) -> dict:
-        return {"info": self.info}
-
-    @classmethod
-    def from_body(cls, body: dict) -> Status:
-        info = body.get("info", MISSING)
-        if type(info) is not dict:
-            raise wrong("info", info, "map")
-        check_plain(info, "info", 0, MAX_INFO_DEPTH)
-        return cls(info)
-
-
-@dataclass(frozen=True, slots=True)
-class BlockRequest:
-    """Ask for one block by hash (on any branch) or by main-chain height: exactly one is given."""
-
-    TYPE: ClassVar[str] = "block_request"
-    hash: bytes | None = None
-    height: int | None = None
-
-    def to_body(self) -> dict:
-        return {"hash": self.hash, "height": self.height}
-
-    @classmethod
-    def from_body(cls, body: dict) -> BlockRequest:
-        block_hash, height = optional_hash(body, "hash"), optional_int(body, "height", 0, MAX_HEIGHT)
-        if (block_hash is None) == (height is None):
-            raise MessageError(BAD_FIELD, "hash, height: exactly one must be given")
-        return cls(block_hash, height)
-
-
-@dataclass(frozen=True, slots=True)
-class BlockReply:
-    """A block, its height and whether it is on the node's main chain."""
-
-    TYPE: ClassVar[str] = "block_reply"
-    block: Block | None
-    height: int
-    main: bool
-
-    def to_body(self) -> dict:
-        return {"block": None if self.block is None else self.block.to_fields(), "height": self.height,
-                "main": self.main}
-
-    @classmethod
-    def from_body(cls, body: dict) -> BlockReply:
-        fields = body.get("block", MISSING)
-        block = None if fields is None else block_field(fields, "block")
-        return cls(block, int_field(body, "height", 0, MAX_HEIGHT), bool_field(body, "main"))
-
-
-@dataclass(frozen=True, slots=True)
-class HeadersRequest:
-    """Ask for summary rows of main-chain blocks ``start..stop`` (inclusive, <= MAX_HEADERS)."""
-
-    TYPE: ClassVar[str] = "headers_request"
-    start: int
-    stop: int
-
-    def to_body(self) -> dict:
-        return {"start": self.start, "stop": self.stop}
-
-    @classmethod
-    def from_body(cls, body: dict) -> HeadersRequest:
-        start = int_field(body, "start", 0, MAX_HEIGHT)
-        stop = int_field(body, "stop", start, MAX_HEIGHT)
-        if stop - start >= MAX_HEADERS:
-            raise MessageError(TOO_MANY, f"start..stop: {stop - start + 1} heights > {MAX_HEADERS}")
-        return cls(start, stop)
-
-
-@dataclass(frozen=True, slots=True)
-class HeadersReply:
-    """Summary rows (maps with the keys of HEADER_ROW_KEYS), lowest height first."""
-
-    TYPE: ClassVar[str] = "headers_reply"
-    rows: tuple[dict, ...]
-
-    def to_body(self) -> dict:
-        return {"rows": list(self.rows)}
-
-    @classmethod
-    def from_body(cls, body: dict) -> HeadersReply:
-        items = list_field(body, "rows", 0, MAX_HEADERS)
-        return cls(tuple([header_row(item, f"rows[{index}]") for index, item in enumerate(items)]))
-
-
-@dataclass(frozen=True, slots=True)
-class ReadingsRequest:
-    """Ask for one page of main-chain readings ordered by (timestamp_ms, relay_id).
-
-    ``since_ms`` and ``until_ms`` are inclusive; ``after`` is the keyset cursor
-    ``(timestamp_ms, relay_id)`` the previous page's ``next`` gave.
-    """
-
-    TYPE: ClassVar[str] = "readings_request"
-    relay: str | None = None
-    since_ms: int | None = None
-    until_ms: int | None = None
-    after: tuple[int, str] | None = None
-    limit: int = MAX_READINGS_PAGE
-
-    def to_body(self) -> dict:
-        return {"relay": self.relay, "since_ms": self.since_ms, "until_ms": self.until_ms,
-                "after": None if self.after is None else list(self.after), "limit": self.limit}
-
-    @classmethod
-    def from_body(cls, body: dict) -> ReadingsRequest:
-        relay = None if body.get("relay", MISSING) is None else text_field(body, "relay", MAX_TEXT_BYTES)
-        return cls(relay, optional_int(body, "since_ms", I64_MIN, I64_MAX),
-                   optional_int(body, "until_ms", I64_MIN, I64_MAX), cursor_field(body, "after"),
-                   int_field(body, "limit", 1, MAX_READINGS_PAGE))
-
-
-@dataclass(frozen=True, slots=True)
-class ReadingsReply:
-    """One page of readings rows (see READINGS_ROW_LENGTH) and the cursor of the next page."""
-
-    TYPE: ClassVar[str] = "readings_reply"
-    rows: tuple[tuple, ...]
-    next: tuple[int, str] | None  # None: this page is the last
-
-    def to_body(self) -> dict:
-        return {"rows": [list(row) for row in self.rows], "next": None if self.next is None else list(self.next)}
-
-    @classmethod
-    def from_body(cls, body: dict) -> ReadingsReply:
-        items = list_field(body, "rows", 0, MAX_READINGS_PAGE)
-        rows = tuple([readings_row(item, index) for index, item in enumerate(items)])
-        return cls(rows, cursor_field(body, "next"))
-
-
-@dataclass(frozen=True, slots=True)
-class ProofRequest:
-    """Ask for the inclusion proof of one main-chain reading."""
-
-    TYPE: ClassVar[str] = "proof_request"
-    relay: str
-    timestamp_ms: int
-
-    def to_body(self) -> dict:
-        return {"relay": self.relay, "timestamp_ms": self.timestamp_ms}
-
-    @classmethod
-    def from_body(cls, body: dict) -> ProofRequest:
-        return cls(text_field(body, "relay", MAX_TEXT_BYTES), int_field(body, "timestamp_ms", I64_MIN, I64_MAX))
-
-
-@dataclass(frozen=True, slots=True)
-class ProofReply:
-    """Everything needed to check offline that a reading is under a header's payload root.
-
-    ``leaf`` is the reading's canonical bytes, leaf ``index`` of a payload tree of ``size``
-    leaves (leaf 0 is the capture metadata), and ``path`` its RFC 6962 audit path.
-    """
-
-    TYPE: ClassVar[str] = "proof_reply"
-    header: bytes
-    leaf: bytes
-    index: int
-    size: int
-    path: tuple[bytes, ...]
-    height: int
-    hash: bytes
-    miner_name: str
-    relay_id: str
-    substation: str
-    openings: int
-
-    def to_body(self) -> dict:
-        return {"header": self.header, "leaf": self.leaf, "index": self.index, "size": self.size,
-                "path": list(self.path), "height": self.height, "hash": self.hash,
-                "miner_name": self.miner_name, "relay_id": self.relay_id, "substation": self.substation,
-                "openings": self.openings}
-
-    @classmethod
-    def from_body(cls, body: dict) -> ProofReply:
-        size = int_field(body, "size", 2, MAX_READINGS_PER_BLOCK + 1)
-        path = hash_list(body, "path", 0, MAX_PROOF_PATH)
-        return cls(bin_field(body, "header", HEADER_SIZE), bin_field(body, "leaf", READING_SIZE),
-                   int_field(body, "index", 1, size - 1), size, path, int_field(body, "height", 0, MAX_HEIGHT),
-                   bin_field(body, "hash"), text_field(body, "miner_name", MAX_TEXT_BYTES),
-                   text_field(body, "relay_id", MAX_TEXT_BYTES), text_field(body, "substation", MAX_TEXT_BYTES),
-                   int_field(body, "openings", 0, I64_MAX))
-
-
-@dataclass(frozen=True, slots=True)
-class VerifyRequest(_EmptyBody):
-    """Ask the node to re-check its whole stored chain."""
-
-    TYPE: ClassVar[str] = "verify_request"
-
-
-@dataclass(frozen=True, slots=True)
-class VerifyReply:
-    """The audit's outcome; each problem is (height, block hash, reason), or (-1, b"", reason)."""
-
-    TYPE: ClassVar[str] = "verify_reply"
-    ok: bool
-    checked: int  # blocks checked
-    problems: tuple[tuple[int, bytes, str], ...] = ()
-
-    def to_body(self) -> dict:
-        return {"ok": self.ok, "checked": self.checked, "problems": [list(p) for p in self.problems]}
-
-    @classmethod
-    def from_body(cls, body: dict) -> VerifyReply:
-        ok, checked = bool_field(body, "ok"), int_field(body, "checked", 0, I64_MAX)
-        items = list_field(body, "problems", 0, MAX_PROBLEMS)
-        return cls(ok, checked, tuple([problem_row(item, f"problems[{i}]", MAX_DETAIL)
-                                       for i, item in enumerate(items)]))
-
-
-@dataclass(frozen=True, slots=True)
-class Subscribe(_EmptyBody):
-    """Turn the connection into a feed of block events (one per block joining the main chain)."""
-
-    TYPE: ClassVar[str] = "subscribe"
-
-
-@dataclass(frozen=True, slots=True)
-class BlockEvent:
-    """A block joined the node's main chain (after a reorg, heights may repeat)."""
-
-    TYPE: ClassVar[str] = "block_event"
-    height: int
-    hash: bytes
-    miner_name: str
-    relay_id: str
-    readings: int
-    newest_ms: int | None  # the newest reading's timestamp; None for a block without readings
-    time_ms: int
-
-    def to_body(self) -> dict:
-        return {"height": self.height, "hash": self.hash, "miner_name": self.miner_name,
-                "relay_id": self.relay_id, "readings": self.readings, "newest_ms": self.newest_ms,
-                "time_ms": self.time_ms}
-
-    @classmethod
-    def from_body(cls, body: dict) -> BlockEvent:
-        return cls(**event_fields(body))
-
-
-@dataclass(frozen=True, slots=True)
-class Error:
-    """A request failed; ``reason`` is a stable name (e.g. "not-found"), ``detail`` for people."""
-
-    TYPE: ClassVar[str] = "error"
-    reason: str
-    detail: str = ""
-
-    def to_body(self) -> dict:
-        return {"reason": self.reason, "detail": self.detail}
-
-    @classmethod
-    def from_body(cls, body: dict) -> Error:
-        return cls(text_field(body, "reason", MAX_CODE), text_field(body, "detail", MAX_DETAIL))
-
-
-Message = (Hello | Tip | BlockMessage | GetBlocks | Blocks | Ping | Pong | Reject | StatusRequest | Status
-           | BlockRequest | BlockReply | HeadersRequest | HeadersReply | ReadingsRequest | ReadingsReply
-           | ProofRequest | ProofReply | VerifyRequest | VerifyReply | Subscribe | BlockEvent | Error)
+Message = Hello | Tip | BlockMessage | GetBlocks | Blocks | Ping | Pong | Reject
 
 PEER_MESSAGES = (Hello, Tip, BlockMessage, GetBlocks, Blocks, Ping, Pong, Reject)
-CLIENT_REQUESTS = (StatusRequest, BlockRequest, HeadersRequest, ReadingsRequest, ProofRequest, VerifyRequest,
-                   Subscribe)
-CLIENT_REPLIES = (Status, BlockReply, HeadersReply, ReadingsReply, ProofReply, VerifyReply, BlockEvent, Error)
-ALL_MESSAGES = PEER_MESSAGES + CLIENT_REQUESTS + CLIENT_REPLIES
-HEADER_ROW_KEYS = ("height", "hash", "time_ms", "miner_name", "miner_key", "relay_id", "readings", "newest_ms")
-
-_DECODERS = {cls.TYPE: cls.from_body for cls in ALL_MESSAGES}
 
 
-def encode_message(message: Message) -> list:
-    """The ``[type, body]`` array for ``message``, ready for ``wire.encode_frame``."""
-    return [message.TYPE, message.to_body()]
+decode_message = decoder(PEER_MESSAGES)
 
 
-def decode_message(obj: object) -> Message:
-    """The message a decoded frame holds; MessageError (and nothing else) when it holds none."""
-    if type(obj) is not list or len(obj) != 2:
-        raise MessageError(BAD_SHAPE, f"a message is a [type, body] array, got {describe(obj)}")
-    kind, body = obj
-    if type(kind) is not str:
-        raise MessageError(BAD_SHAPE, f"the type is a str, got {describe(kind)}")
-    if type(body) is not dict:
-        raise MessageError(BAD_SHAPE, f"the body is a map, got {describe(body)}")
-    decode = _DECODERS.get(kind)
-    if decode is None:
-        raise MessageError(UNKNOWN_TYPE, repr(kind[:40]))
-    return decode(body)
+def blocks_frame(raw_blocks: Sequence[bytes], more: bool, max_frame: int = MAX_FRAME_BYTES) -> bytes:
+    """The frame of ``Blocks`` for blocks held in their stored form (``Block.encode()``).
+
+    Byte for byte what ``encode_frame(encode_message(Blocks(...)))`` gives, without decoding
+    each block only to encode it again: a msgpack array is its header followed by its items'
+    encodings, and a stored block is exactly the encoding of its wire array.
+    """
+    packer = msgpack.Packer(use_bin_type=True)
+    body = b"".join((packer.pack_array_header(2), packer.pack(Blocks.TYPE), packer.pack_map_header(2),
+                     packer.pack("blocks"), packer.pack_array_header(len(raw_blocks)), *raw_blocks,
+                     packer.pack("more"), packer.pack(more)))
+    if len(body) > max_frame:
+        raise FrameError(FRAME_TOO_LARGE, f"body of {len(body)} bytes exceeds the cap of {max_frame}")
+    return len(body).to_bytes(PREFIX_SIZE, "big") + body
 
 
 def work_to_bytes(work: int) -> bytes:

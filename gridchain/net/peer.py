@@ -1,10 +1,12 @@
-"""One peer connection: frames in and out, the handshake, a bounded send queue, timeouts.
+"""One peer connection's asyncio layer: frames in and out, a bounded send queue, the clock.
 
-A Peer only moves bytes and messages. What a message means is decided by its handler
-(gossip.py), whose ``on_<type>`` method is called for every message after the handshake.
-A handler raises ProtocolViolation to have the peer disconnected and banned. The Peer logs
-nothing about why a connection ended: it hands the reason and detail to the handler's
-``on_peer_closed``, which reports each closed connection once.
+A Peer only moves bytes and messages. The protocol state (handshake, keepalive, which
+messages mean anything) is a sans-IO ``PeerProtocol`` (gridchain.net.protocol) that the
+Peer feeds every message with the time; what a message means for the node is decided by
+its handler (gossip.py), whose ``on_<type>`` method gets every delivered message. Either
+raises ProtocolViolation to have the peer disconnected at the cost its reason carries
+(gridchain.net.penalties). The Peer logs nothing about why a connection ended: it hands the
+reason and detail to the handler's ``on_peer_closed``, which reports each closed connection once.
 """
 
 from __future__ import annotations
@@ -13,22 +15,20 @@ import asyncio
 import contextlib
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
-from gridchain.wire.frames import MAX_FRAME_BYTES, FrameDecoder, FrameError, encode_frame
-from gridchain.net.messages import Hello, MessageError, Ping, Reject, decode_message, encode_message
+from gridchain.net.messages import Hello, MessageError, Reject, decode_message, encode_message
+from gridchain.net.penalties import LINK, Cost, cost_of
+from gridchain.net.protocol import Deliver, Event, PeerProtocol, ProtocolViolation, Ready, Send
+from gridchain.wire.frames import FrameError, encode_frame
+from gridchain.wire.streams import ConnectionClosed, FrameReader
 
 log = structlog.get_logger()
 
-READ_CHUNK = 64 * 1024
-# A peer must say hello this fast; slowloris-style half-open connections are closed.
-HANDSHAKE_TIMEOUT_S = 5.0
-# Keepalive: ping after this much silence; close after IDLE_TIMEOUT_S with no frame at all.
-PING_INTERVAL_S = 15.0
-IDLE_TIMEOUT_S = 45.0
 # Frames queued for a peer; a peer this far behind is dropped rather than buffered for.
 SEND_QUEUE_FRAMES = 2048
 # Bytes queued for a peer: four full frames. A peer that asks for blocks but never reads
@@ -38,24 +38,6 @@ SEND_QUEUE_BYTES = 16 * 1024 * 1024
 SEND_STALL_S = 10.0
 # Remembered block hashes per peer, so a block crosses each link at most once.
 KNOWN_BLOCKS_PER_PEER = 4096
-
-
-class ProtocolViolation(Exception):
-    """The peer broke the protocol: disconnect it and ban its address for ``reason``."""
-
-    def __init__(self, reason: str, detail: str = "", ban: bool = True, reply: bool = True) -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
-        self.ban = ban
-        self.reply = reply  # answer with a `reject` (never to a peer that rejected us)
-
-
-class PeerHandler(Protocol):
-    def check_hello(self, peer: Peer, hello: Hello) -> None: ...
-    def make_hello(self) -> Hello: ...
-    async def on_peer_ready(self, peer: Peer) -> None: ...
-    async def on_peer_closed(self, peer: Peer, reason: str, ban: bool) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,34 +63,43 @@ class KnownSet:
 
 
 class Peer:
-    """A connection to one other node, inbound or outbound."""
+    """A connection to one other node, inbound or outbound.
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
-                 handler: Any, inbound: bool, address: str, max_frame: int = MAX_FRAME_BYTES,
-                 first_frames: list[object] | None = None, decoder: FrameDecoder | None = None) -> None:
-        self.reader = reader
+    ``handler`` admits hellos (``admit(peer, hello)``), hears of the link's start and end
+    (``on_peer_ready``, ``on_peer_closed``) and handles delivered messages (``on_<type>``);
+    ``decode`` turns a frame into a message (the node's decodes every type its port carries).
+    """
+
+    def __init__(self, frames: FrameReader, writer: asyncio.StreamWriter, *, handler: Any, hello: Hello,
+                 inbound: bool, address: str, decode: Callable[[object], object] = decode_message) -> None:
+        self.frames = frames
         self.writer = writer
         self.handler = handler
         self.inbound = inbound
         self.address = address  # host:port as seen on the socket
         self.host = address.rpartition(":")[0]
-        self.state = "handshake"
-        self.hello: Hello | None = None
+        self.protocol = PeerProtocol(hello, inbound=inbound, now=time.monotonic(),
+                                     admit=lambda remote: handler.admit(self, remote))
+        self.decode = decode
         self.height = 0
         self.tip = b""
         self.work = 0
         self.known = KnownSet(KNOWN_BLOCKS_PER_PEER)
-        self.connected_at = time.monotonic()
         self.close_reason = ""
         self.close_detail = ""
-        self._decoder = decoder or FrameDecoder(max_frame)
-        self._pending = list(first_frames or [])
+        self.close_cost = Cost.DROP
         self._queue: asyncio.Queue[bytes | _Close] = asyncio.Queue(SEND_QUEUE_FRAMES)
         self._queued_bytes = 0
-        self._last_frame_at = time.monotonic()
         self._closing = False
-        self._ban = False
         self.log = getattr(handler, "log", log).bind(peer=address)
+
+    @property
+    def state(self) -> str:
+        return self.protocol.state
+
+    @property
+    def hello(self) -> Hello | None:
+        return self.protocol.remote
 
     @property
     def node_key(self) -> bytes:
@@ -134,24 +125,24 @@ class Peer:
             while not self._queue.empty():
                 self._queue.get_nowait()
             self._queued_bytes = 0
-            self.close("send-queue-full", ban=False)
+            self.close("send-queue-full")
             self.writer.transport.abort()
             return
         try:
             self._queue.put_nowait(frame)
         except asyncio.QueueFull:
-            self.close("send-queue-full", ban=False)
+            self.close("send-queue-full")
             return
         self._queued_bytes += len(frame)
 
-    def close(self, reason: str, ban: bool = False, detail: str = "") -> None:
+    def close(self, reason: str, detail: str = "", kind: str = LINK) -> None:
         """Stop the connection: queued frames are flushed (bounded), then the socket closes."""
         if self._closing:
             return
         self._closing = True
         self.close_reason = reason
         self.close_detail = detail
-        self._ban = ban
+        self.close_cost = cost_of(reason, kind)
         with contextlib.suppress(asyncio.QueueFull):
             self._queue.put_nowait(_Close())
         if self._queue.full():
@@ -173,7 +164,7 @@ class Peer:
             await asyncio.gather(*sides, return_exceptions=True)
             self._note_failure(sides)
             self.writer.transport.abort()
-            await self.handler.on_peer_closed(self, self.close_reason or "closed", self._ban)
+            await self.handler.on_peer_closed(self, self.close_reason or "closed", self.close_cost is Cost.BAN)
 
     def _note_failure(self, sides: list[asyncio.Task]) -> None:
         errors = [side.exception() for side in sides if not side.cancelled() and side.exception()]
@@ -185,98 +176,60 @@ class Peer:
             # A bug in handling one peer must not take the node down with it.
             self.log.error("peer.internal_error", error=repr(errors[0]))
             self.close_reason = "internal-error"
+            self.close_cost = Cost.DROP
 
     async def _read_side(self) -> None:
-        keepalive: asyncio.Task | None = None
         try:
-            await self._handshake()
-            self.state = "ready"
-            await self.handler.on_peer_ready(self)
-            keepalive = asyncio.create_task(self._keepalive())
-            await self._read_loop()
+            await self._carry_out(self.protocol.start())
+            while not self._closing:
+                now = time.monotonic()
+                await self._carry_out(self.protocol.tick(now))
+                try:
+                    message = await self._next_message(max(self.protocol.deadline() - now, 0.0))
+                except TimeoutError:
+                    continue  # the next tick pings or times the link out
+                if message is None:
+                    fault = self.protocol.closed()
+                    if fault is not None:
+                        raise fault
+                    self.close_reason = self.close_reason or "peer-closed"
+                    return
+                await self._carry_out(self.protocol.receive(message, time.monotonic()))
         except ProtocolViolation as exc:
             self._reject_and_close(exc)
-        except (ConnectionError, OSError):
+        except (ConnectionClosed, ConnectionError, OSError):
             self.close("connection-lost")  # a reset: named as such, not as a clean close
         finally:
-            if keepalive is not None:
-                keepalive.cancel()
             self.close(self.close_reason or "closed")
 
     def _reject_and_close(self, exc: ProtocolViolation) -> None:
         if exc.reply and not self._closing:
             self.send(Reject(code=exc.reason, detail=exc.detail[:200]))
         # Not logged here: on_peer_closed reports the reason once, with the ban if there is one.
-        self.close(exc.reason, ban=exc.ban, detail=exc.detail)
+        self.close(exc.reason, exc.detail, exc.kind)
 
-    async def _handshake(self) -> None:
-        if not self.inbound:
-            self.send(self.handler.make_hello())
+    async def _carry_out(self, events: list[Event]) -> None:
+        for event in events:
+            if isinstance(event, Send):
+                self.send(event.message)
+            elif isinstance(event, Ready):
+                self.height, self.tip, self.work = event.hello.height, event.hello.tip, event.hello.work
+                await self.handler.on_peer_ready(self)
+            elif isinstance(event, Deliver):
+                await getattr(self.handler, "on_" + event.message.TYPE)(self, event.message)
+
+    async def _next_message(self, timeout: float) -> object | None:
+        """The next decoded message within ``timeout``, or None at the end of the stream."""
         try:
-            async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
-                message = await self._next_message()
-        except TimeoutError:
-            raise ProtocolViolation("handshake-timeout", f"no hello within {HANDSHAKE_TIMEOUT_S}s",
-                                    ban=False) from None
-        if message is None:
-            raise ProtocolViolation("closed", "closed during handshake", ban=False)
-        if isinstance(message, Reject):
-            # The other side refused our hello (another network, ourselves, a duplicate...):
-            # its code is the reason, and a dialler seeing "self" stops redialling.
-            raise ProtocolViolation(message.code, message.detail, ban=False, reply=False)
-        if not isinstance(message, Hello):
-            raise ProtocolViolation("no-hello", f"first message was {message.TYPE}")
-        self.handler.check_hello(self, message)
-        self.hello = message
-        self.height, self.tip, self.work = message.height, message.tip, message.work
-        if self.inbound:
-            self.send(self.handler.make_hello())
-
-    async def _read_loop(self) -> None:
-        while not self._closing:
-            message = await self._next_message()
-            if message is None:
-                self.close_reason = self.close_reason or "peer-closed"
-                return
-            handler = getattr(self.handler, "on_" + message.TYPE, None)
-            if handler is None:
-                raise ProtocolViolation("unexpected-message", f"{message.TYPE} from a peer")
-            await handler(self, message)
-
-    async def _next_message(self) -> Any:
-        """The next decoded message, or None at a clean end of stream."""
-        while not self._pending:
-            # Counted from the last whole frame, not the last byte: a peer dripping one frame
-            # a byte at a time cannot hold the connection (and its buffer) open for ever.
-            left = IDLE_TIMEOUT_S - (time.monotonic() - self._last_frame_at)
-            try:
-                async with asyncio.timeout(max(left, 0.0)):
-                    data = await self.reader.read(READ_CHUNK)
-            except TimeoutError:
-                raise ProtocolViolation("idle-timeout", f"no whole frame for {IDLE_TIMEOUT_S}s",
-                                        ban=False) from None
-            if not data:
-                return None
-            try:
-                frames = self._decoder.feed(data)
-            except FrameError as exc:
-                raise ProtocolViolation(exc.reason, str(exc)) from None
-            if frames:
-                self._last_frame_at = time.monotonic()
-                self._pending.extend(frames)
-        raw = self._pending.pop(0)
+            raw = await self.frames.next(timeout)
+        except FrameError as exc:
+            raise ProtocolViolation(exc.reason, str(exc)) from None
+        if raw is None:
+            return None
         try:
-            return decode_message(raw)
+            return self.decode(raw)
         except MessageError as exc:
             raise ProtocolViolation(exc.reason, exc.detail) from None
-
-    async def _keepalive(self) -> None:
-        nonce = 0
-        while True:
-            await asyncio.sleep(PING_INTERVAL_S)
-            if time.monotonic() - self._last_frame_at >= PING_INTERVAL_S:
-                nonce += 1
-                self.send(Ping(nonce=nonce))
 
     async def _write_loop(self) -> None:
         while True:
@@ -297,4 +250,4 @@ class Peer:
                 await self.writer.drain()
         self.writer.transport.abort() if self.close_reason == "slow-peer" else self.writer.close()
         # Unblock a reader waiting on a silent peer.
-        self.reader.feed_eof()
+        self.frames.reader.feed_eof()

@@ -1,10 +1,24 @@
-"""The capture task: poll each relay, drop what the chain holds, mine what is new.
+"""The capture task: ask each relay for what follows the chain, mine it as signed, sealed runs.
 
-This is the prototype's once-a-minute method made fast: ask each relay for the readings
-newer than the chain's newest reading of it, add readings a reorg displaced, and if
-anything is new, build a block on the tip and mine it off the event loop. A better tip
-arriving mid-mining cancels the job, and the capture is rebuilt on the new tip with only
-the readings that tip lacks ("capture.duplicate" when it lacks none: the prototype's Case 3).
+Every interval the task asks each relay for the readings after the chain's last sequence
+number for it (``read(after_seq)``); the relay client hands back only runs whose seals (and
+gap notice) it has verified (``FeedBatch``). A block then carries whole seals only, starting
+exactly where the chain's sequence for that relay stops (or where a gap notice the relay
+signed says it resumes), with no hole in between: a block the rules accept. The readings
+a reorg pushed off the main chain come back from the ledger as whole, verified seals and wait
+in ONE buffer (``DisplacedSeals``); they are mined again only where they continue the
+sequence, otherwise the task asks the relay again. Nothing else is ever mined, and every
+capture's relay signatures are checked once more before any work is spent on it.
+
+A better tip arriving mid-mining cancels the job and the capture is planned again on the new
+tip ("capture.duplicate" when the new tip already holds it: the prototype's Case 3). A relay
+whose clock is minutes off the node's is still mined (its times are its signed word); the
+relay client warns about it (``relay.clock_skew``, from the relay's clock in each answer).
+
+A relay that cannot be read is retried on the one reconnect schedule of every dialler
+(gridchain/wire/reconnect.Reconnect, the client's ``retry``): the client waits it out, the
+watch logs ``relay.unreachable`` once when an outage starts and ``relay.restored`` once
+when it ends.
 """
 
 from __future__ import annotations
@@ -12,17 +26,19 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 import structlog
 
-from gridchain.consensus.block import MAX_READINGS_PER_BLOCK, Block, Capture, Reading, short_hash
-from gridchain.consensus.rules import RuleViolation
+from gridchain.consensus.block import MAX_READINGS_PER_BLOCK, Block, Capture, GapNotice, Reading, Seal, short_hash
+from gridchain.consensus.provenance import MAX_SEALS_PER_BLOCK
+from gridchain.consensus.rules import RuleViolation, check_relay_signatures
 from gridchain.consensus.template import block_template, seal
+from gridchain.ledger.store import StoreError
 from gridchain.node.miner import Miner
 from gridchain.relay.client import BACKOFF, RelayClient, RelayError
-from gridchain.ledger.store import StoreError
+from gridchain.relay.feed import FeedBatch
 
 log = structlog.get_logger()
 
@@ -33,63 +49,150 @@ UNREACHABLE_REASONS = frozenset({"unreachable", "timeout", "closed"})
 START_SPREAD = 0.5
 # Rebuilds of one capture after better tips before giving up until the next interval.
 MAX_REBUILDS = 50
+# Displaced readings kept per relay: a few blocks' worth; older ones are fetched again.
+MAX_DISPLACED_READINGS = 4 * MAX_READINGS_PER_BLOCK
+
+Run = tuple[Seal, tuple[Reading, ...]]
 
 
-def fresh_readings(readings: tuple[Reading, ...], newest_ms: int | None) -> tuple[Reading, ...]:
-    """The readings strictly newer than ``newest_ms`` (None: the chain holds none of this relay)."""
-    if newest_ms is None:
-        return readings
-    return tuple(r for r in readings if r.timestamp_ms > newest_ms)
+# --- pure planning ------------------------------------------------------------------------------
+
+def plan_capture(relay_id: str, substation: str, relay_key: bytes, last_seq: int | None,
+                 runs: Iterable[Run], gaps: Iterable[GapNotice] = ()) -> Capture | None:
+    """The longest capture of whole ``runs`` that continues ``last_seq`` without a hole.
+
+    It starts at ``last_seq + 1``, or, when no run starts there, at the lowest gap notice
+    beyond it that a run starts at (the notice goes into the block). It stops at the first
+    hole, or before the block limits. None when nothing continues the sequence.
+    """
+    by_first: dict[int, Run] = {}
+    for run in runs:
+        by_first.setdefault(run[0].first_seq, run)  # the first copy wins: displaced runs were on a chain
+    expected = (last_seq or 0) + 1
+    notice = None
+    if expected not in by_first:
+        notice = min((g for g in gaps if g.resume_seq > expected and g.resume_seq in by_first),
+                     key=lambda g: g.resume_seq, default=None)
+        if notice is None:
+            return None
+        expected = notice.resume_seq
+    seals: list[Seal] = []
+    readings: list[Reading] = []
+    while expected in by_first and len(seals) < MAX_SEALS_PER_BLOCK:
+        run_seal, rows = by_first[expected]
+        if len(readings) + len(rows) > MAX_READINGS_PER_BLOCK:
+            break
+        seals.append(run_seal)
+        readings.extend(rows)
+        expected = run_seal.last_seq + 1
+    if not seals:
+        return None
+    return Capture(relay_id, substation, relay_key, tuple(readings), tuple(seals), notice)
 
 
-def merge_readings(*groups: tuple[Reading, ...]) -> tuple[Reading, ...]:
-    """One strictly increasing sequence from several; a timestamp seen twice is kept once."""
-    by_time: dict[int, Reading] = {}
-    for group in groups:
-        for reading in group:
-            by_time.setdefault(reading.timestamp_ms, reading)
-    return tuple(by_time[t] for t in sorted(by_time))
+def batch_runs(batch: FeedBatch) -> list[Run]:
+    return [(run.seal, run.readings) for run in batch.runs]
 
+
+class DisplacedSeals:
+    """The one buffer of readings a reorg displaced: whole seals the rules verified, per relay."""
+
+    def __init__(self, max_readings: int = MAX_DISPLACED_READINGS) -> None:
+        self.max_readings = max_readings
+        self._runs: dict[str, dict[int, Run]] = {}  # relay -> first_seq -> run
+        self._gaps: dict[str, list[GapNotice]] = {}
+        self._labels: dict[str, tuple[str, bytes]] = {}  # relay -> (substation, relay key)
+
+    def add(self, captures: Iterable[Capture]) -> None:
+        """Take what ``LedgerUpdate.displaced`` hands back (verified by the consensus rules)."""
+        for capture in captures:
+            runs = self._runs.setdefault(capture.relay_id, {})
+            if self._labels.get(capture.relay_id, (None, capture.relay_key))[1] != capture.relay_key:
+                runs.clear()  # another key on another branch: the older runs no longer fit
+                self._gaps.pop(capture.relay_id, None)
+            self._labels[capture.relay_id] = (capture.substation, capture.relay_key)
+            for run in capture.runs():
+                runs.setdefault(run[0].first_seq, run)
+            if capture.gap is not None:
+                self._gaps.setdefault(capture.relay_id, []).append(capture.gap)
+            self._bound(capture.relay_id)
+
+    def relays(self) -> list[str]:
+        return [relay_id for relay_id, runs in self._runs.items() if runs]
+
+    def runs(self, relay_id: str) -> list[Run]:
+        return [self._runs[relay_id][first] for first in sorted(self._runs.get(relay_id, {}))]
+
+    def gaps(self, relay_id: str) -> list[GapNotice]:
+        return list(self._gaps.get(relay_id, ()))
+
+    def label(self, relay_id: str) -> tuple[str, bytes] | None:
+        return self._labels.get(relay_id)
+
+    def count(self, relay_id: str | None = None) -> int:
+        relays = [relay_id] if relay_id is not None else list(self._runs)
+        return sum(len(rows) for r in relays for _, rows in self._runs.get(r, {}).values())
+
+    def prune(self, relay_id: str, last_seq: int | None) -> None:
+        """Drop the runs the chain holds now (those ending at or before ``last_seq``)."""
+        runs = self._runs.get(relay_id)
+        if not runs or last_seq is None:
+            return
+        for first in [f for f, (s, _) in runs.items() if s.last_seq <= last_seq]:
+            del runs[first]
+        self._gaps[relay_id] = [g for g in self._gaps.get(relay_id, ()) if g.resume_seq > last_seq]
+
+    def _bound(self, relay_id: str) -> None:
+        runs = self._runs[relay_id]
+        while runs and sum(len(rows) for _, rows in runs.values()) > self.max_readings:
+            del runs[max(runs)]  # the newest go first: the relay still holds them the longest
+
+
+# --- relays ------------------------------------------------------------------------------------
 
 class RelayWatch:
-    """One relay the node polls: its client, its health, and outage logging once per outage."""
+    """One relay the node polls: its client, its health, an outage's start and end logged once each."""
 
     def __init__(self, client: RelayClient, node: str) -> None:
         self.client = client
+        self.retry = client.retry  # the client waits out this schedule; its runs of failures are logged here
         self.address = client.address
         self.relay_id: str | None = None
         self.state = "starting"
+        self.last_seq: int | None = None  # the newest seq the relay handed us
         self.newest_ms: int | None = None
         self.last_error = ""
         self.log = log.bind(node=node, relay=self.address)
 
-    async def fetch(self, newest_on_chain: Callable[[str], int | None]) -> Capture | None:
+    async def fetch(self, last_seq_of: Callable[[str], int | None]) -> FeedBatch | None:
+        """Verified readings after the chain's last seq of this relay; None on failure (logged)."""
         started = time.perf_counter()
         try:
             if self.relay_id is None:
                 # Learn who the relay is first, so the first read asks only for what the chain lacks.
                 self.relay_id = (await self.client.info()).relay_id
-            since = newest_on_chain(self.relay_id)
-            capture = await self.client.read_since(since or 0, limit=MAX_READINGS_PER_BLOCK)
+            batch = await self.client.read(last_seq_of(self.relay_id) or 0, limit=MAX_READINGS_PER_BLOCK)
         except RelayError as exc:
             self._failed(exc)
             return None
-        if self.state in ("unreachable", "bad-data"):
+        if self.retry.succeeded() or self.state == "bad-data":
             self.log.info("relay.restored", after=self.state)
         self.state = "ok"
-        self.relay_id = capture.relay_id
-        if capture.readings:
-            self.newest_ms = capture.readings[-1].timestamp_ms
-        self.log.debug("relay.read", readings=len(capture.readings), ms=_ms(started))
-        return capture
+        self.relay_id = batch.relay_id
+        if batch.runs:
+            self.last_seq, self.newest_ms = batch.last_seq, batch.runs[-1].readings[-1].timestamp_ms
+        self.log.debug("relay.read", readings=sum(len(r.readings) for r in batch.runs), after=batch.first_seq,
+                       ms=_ms(started))
+        return batch
 
     def _failed(self, exc: RelayError) -> None:
         if exc.reason == BACKOFF:
             return  # a relay that sent bad data is not "unreachable" while we wait to retry it
         self.last_error = f"{exc.reason}: {exc}"
         if exc.reason in UNREACHABLE_REASONS:
-            if self.state != "unreachable":
-                self.log.warning("relay.unreachable", reason=exc.reason, error=str(exc))
+            if self.retry.failed(time.monotonic()):  # the first failure of this outage
+                self.log.warning("relay.unreachable", reason=exc.reason, error=str(exc),
+                                 retry_s=round(self.client.backoff_s, 2))
             self.state = "unreachable"
         else:
             self.log.warning("relay.bad_data", reason=exc.reason, error=str(exc))
@@ -97,7 +200,8 @@ class RelayWatch:
 
     def status(self) -> dict:
         return {"address": self.address, "relay_id": self.relay_id, "state": self.state,
-                "newest_ms": self.newest_ms, "last_error": self.last_error}
+                "last_seq": self.last_seq, "newest_ms": self.newest_ms, "clock_skew_ms": self.client.clock_skew_ms,
+                "last_error": self.last_error}
 
 
 class CaptureHost(Protocol):
@@ -105,14 +209,14 @@ class CaptureHost(Protocol):
 
     name: str
 
-    def newest_reading_ms(self, relay_id: str) -> int | None: ...
     def connected_peers(self) -> int: ...
     def accept_own_block(self, block: Block, mined_ms: float) -> None: ...
-    def take_displaced(self) -> dict[str, Capture]: ...
 
+
+# --- the task ----------------------------------------------------------------------------------
 
 class CaptureTask:
-    """Every ``interval_s``: poll every relay, then mine one block per relay with new readings."""
+    """Every ``interval_s``: poll every relay, then mine one block per relay that has more."""
 
     def __init__(self, host: CaptureHost, ledger, key, params, miner: Miner, watches: list[RelayWatch],
                  interval_s: float, min_peers: int = 0, clock: Callable[[], float] = time.time) -> None:
@@ -125,7 +229,7 @@ class CaptureTask:
         self.interval_s = interval_s
         self.min_peers = min_peers
         self.clock = clock
-        self.pending: dict[str, Capture] = {}  # readings displaced by reorgs, per relay
+        self.displaced = DisplacedSeals()
         self._waiting_logged = False
         self.log = log.bind(node=host.name)
 
@@ -147,6 +251,9 @@ class CaptureTask:
                 next_at = now
             await asyncio.sleep(next_at - now)
 
+    def last_seq(self, relay_id: str) -> int | None:
+        return self.ledger.chain.last_seq(relay_id)
+
     async def capture_once(self) -> None:
         if self.min_peers and self.host.connected_peers() < self.min_peers:
             if not self._waiting_logged:
@@ -154,67 +261,112 @@ class CaptureTask:
                 self._waiting_logged = True
             return
         self._waiting_logged = False
-        self._absorb_displaced()
         seen: set[str] = set()
         for watch in self.watches:
-            capture = await watch.fetch(self.host.newest_reading_ms)
-            if capture is None:
+            batch = await watch.fetch(self.last_seq)
+            if batch is None:
                 continue
-            seen.add(capture.relay_id)
-            await self.mine_capture(self._with_pending(capture))
-        for relay_id in [r for r in self.pending if r not in seen]:
-            await self.mine_capture(self.pending[relay_id])
+            seen.add(batch.relay_id)
+            await self.mine_relay(batch.relay_id, batch, watch)
+        for relay_id in [r for r in self.displaced.relays() if r not in seen]:
+            await self.mine_relay(relay_id, None, None)
 
-    def _absorb_displaced(self) -> None:
-        for relay_id, capture in self.host.take_displaced().items():
-            self.pending[relay_id] = self._with_pending(capture)
+    def plan(self, relay_id: str, batch: FeedBatch | None) -> Capture | None:
+        """What to mine for ``relay_id`` on the current tip, from displaced seals and ``batch``."""
+        chain = self.ledger.chain
+        last = chain.last_seq(relay_id)
+        self.displaced.prune(relay_id, last)
+        label = self.displaced.label(relay_id)
+        if batch is not None:
+            substation, relay_key = batch.substation, batch.relay_key
+        elif label is not None:
+            substation, relay_key = label
+        else:
+            return None
+        key = chain.relay_key(relay_id) or relay_key  # the key this relay's readings carry on the branch
+        runs = self.displaced.runs(relay_id) if (label is None or label[1] == key) else []
+        gaps = self.displaced.gaps(relay_id) if runs else []
+        if batch is not None and batch.relay_key == key:
+            runs += batch_runs(batch)
+            gaps += [batch.gap] if batch.gap is not None else []
+        return plan_capture(relay_id, substation, key, last, runs, gaps)
 
-    def _with_pending(self, capture: Capture) -> Capture:
-        waiting = self.pending.get(capture.relay_id)
-        if waiting is None:
-            return capture
-        return Capture(capture.relay_id, capture.substation, max(capture.openings, waiting.openings),
-                       merge_readings(waiting.readings, capture.readings))
-
-    async def mine_capture(self, capture: Capture) -> Block | None:
-        """Mine ``capture`` on the current tip, rebuilding after each better tip."""
-        announced = False
+    async def mine_relay(self, relay_id: str, batch: FeedBatch | None, watch: RelayWatch | None) -> Block | None:
+        """Mine what continues ``relay_id``'s sequence on the tip, planning again after each better tip."""
+        announced = refetched = False
         for _ in range(MAX_REBUILDS):
-            newest = self.host.newest_reading_ms(capture.relay_id)
-            readings = fresh_readings(capture.readings, newest)[:MAX_READINGS_PER_BLOCK]
-            if not readings:
-                self.pending.pop(capture.relay_id, None)
-                self.log.info("capture.duplicate", relay_id=capture.relay_id, newest_ms=newest,
-                              height=self.ledger.height)
-                return None
-            todo = Capture(capture.relay_id, capture.substation, capture.openings, readings)
-            if not announced:
-                self.log.info("capture.new", relay_id=todo.relay_id, readings=len(readings),
-                              first_ms=readings[0].timestamp_ms, newest_ms=readings[-1].timestamp_ms)
-                announced = True
-            parent = self.ledger.tip
-            header = block_template(parent, todo, self.host.name, self.key.public_key, self.params,
-                                    int(self.clock() * 1000))
-            started = time.perf_counter()
-            mined = await self.miner.mine(header)
-            if mined is None or self.ledger.tip is not parent:
-                self.log.info("mining.restarted", reason="new-tip", height=self.ledger.height)
+            todo = self.plan(relay_id, batch)
+            if todo is None and watch is not None and not refetched and self._has_more(relay_id, batch):
+                # What we hold does not continue the sequence (the tip moved, a seal is split
+                # differently on it): ask the relay for exactly what follows the chain.
+                refetched = True
+                batch = await watch.fetch(self.last_seq) or batch
                 continue
-            block = seal(mined, mined.nonce, todo, self.host.name, self.key.sign)
+            if todo is None:
+                self._nothing_to_mine(relay_id, batch)
+                return None
             try:
-                self.host.accept_own_block(block, _ms(started))
+                check_relay_signatures(todo)  # never spend work on, nor sign, what does not verify
+            except RuleViolation as exc:
+                self.log.error("capture.unverified", relay_id=relay_id, reason=exc.reason, detail=exc.detail)
+                return None
+            if not announced:
+                self.log.info("capture.new", relay_id=relay_id, readings=len(todo.readings), seals=len(todo.seals),
+                              first_seq=todo.first_seq, last_seq=todo.last_seq, gap=todo.gap is not None,
+                              first_ms=todo.readings[0].timestamp_ms, newest_ms=todo.newest_ms)
+                announced = True
+            mined = await self._mine(todo)
+            if mined is None:
+                continue
+            block, mined_ms = mined
+            try:
+                self.host.accept_own_block(block, mined_ms)
             except RuleViolation as exc:
                 self.log.error("block.rejected", reason=exc.reason, detail=exc.detail,
                                hash=short_hash(block.hash), own=True)
                 return None
             except StoreError as exc:
-                # The readings stay with the relay (and in pending): the next round retries.
+                # The readings stay with the relay (and displaced ones here): the next round retries.
                 self.log.error("store.error", reason=exc.reason, detail=str(exc), hash=short_hash(block.hash))
                 return None
-            self.pending.pop(capture.relay_id, None)
+            self.displaced.prune(relay_id, todo.last_seq)
             return block
-        self.log.warning("capture.gave_up", relay_id=capture.relay_id, rebuilds=MAX_REBUILDS)
+        self.log.warning("capture.gave_up", relay_id=relay_id, rebuilds=MAX_REBUILDS)
         return None
+
+    async def _mine(self, todo: Capture) -> tuple[Block, float] | None:
+        """The block of ``todo`` on the tip and the ms its work took; None if a better tip came."""
+        parent = self.ledger.tip
+        header = block_template(parent, todo, self.host.name, self.key.public_key, self.params,
+                                int(self.clock() * 1000))
+        started = time.perf_counter()
+        mined = await self.miner.mine(header)
+        if mined is None or self.ledger.tip is not parent:
+            self.log.info("mining.restarted", reason="new-tip", height=self.ledger.height)
+            return None
+        return seal(mined, mined.nonce, todo, self.host.name, self.key.sign), _ms(started)
+
+    def _has_more(self, relay_id: str, batch: FeedBatch | None) -> bool:
+        last = self.last_seq(relay_id) or 0
+        held = [batch.last_seq, batch.newest_seq] if batch is not None else []
+        held += [run[0].last_seq for run in self.displaced.runs(relay_id)]
+        return any(seq is not None and seq > last for seq in held)
+
+    def _nothing_to_mine(self, relay_id: str, batch: FeedBatch | None) -> None:
+        last = self.last_seq(relay_id)
+        if self._has_more(relay_id, batch):
+            # Readings after a hole that no signed notice covers: the rules would refuse them.
+            self.log.warning("capture.sequence_gap", relay_id=relay_id, last_seq=last,
+                             held_from=min(_firsts(batch, self.displaced.runs(relay_id)), default=None))
+        elif (batch is not None and batch.runs) or self.displaced.count(relay_id):
+            self.log.info("capture.duplicate", relay_id=relay_id, last_seq=last, height=self.ledger.height)
+
+
+def _firsts(batch: FeedBatch | None, runs: Sequence[Run]) -> list[int]:
+    firsts = [run[0].first_seq for run in runs]
+    if batch is not None and batch.first_seq is not None:
+        firsts.append(batch.first_seq)
+    return firsts
 
 
 def _ms(started: float) -> float:

@@ -13,23 +13,22 @@ P of 600 MW). Here the quantities hang together the way a feeder's do:
 - now and then a fault trips the breaker: the openings counter goes up by one, currents,
   P and Q are zero for a dead time of a few readings, then the breaker recloses.
 
-Time is an argument: ``advance(now_ms)`` produces one reading per interval tick up to now,
-and the same seed and the same calls give the same readings. Values are rounded to 3
-decimals like the prototype's capture files.
+Time is an argument: ``advance(now_ms)`` produces one measurement per interval tick up to
+now, and the same seed and the same calls give the same measurements. Values are rounded to
+3 decimals like the prototype's capture files. The simulator only measures: numbering,
+buffering and signing are the relay's (gridchain/relay/signed_feed.py), as they would be
+for a real device behind a gateway.
 """
 
 from __future__ import annotations
 
-import bisect
 import math
 import random
-from dataclasses import dataclass
-from operator import itemgetter
-
-from gridchain.consensus.block import Reading
+from typing import NamedTuple
 
 DEFAULT_INTERVAL_MS = 10_000  # the prototype's capture interval
-# A node may be down for up to a day and still catch up without a gap (8640 at 10 s).
+# A node may be down for up to a day and still catch up without a gap (8640 at 10 s): the
+# relay buffers this span, and a simulator asleep for longer makes only its newest day.
 BUFFER_SPAN_MS = 24 * 60 * 60 * 1000
 MIN_BUFFER_READINGS = 8640
 # On average one fault every half hour: frequent enough to see in a demo, rare in the data.
@@ -46,7 +45,26 @@ SQRT3 = math.sqrt(3.0)
 
 # Kept to 3 decimals like the prototype's files; P and Q are computed from these values.
 _DECIMALS = 3
-_TIMESTAMP = itemgetter(0)
+
+
+class Measurement(NamedTuple):
+    """One measurement instant as the device makes it: its clock, its counter, ten values."""
+
+    timestamp_ms: int
+    openings: int  # breaker openings caused by faults, as of this measurement
+    vab: float
+    vbc: float
+    vca: float
+    ia: float
+    ib: float
+    ic: float
+    frequency: float
+    power_factor: float
+    active_power: float
+    reactive_power: float
+
+    def values(self) -> tuple[float, ...]:
+        return tuple(self[2:])
 
 
 class _Wander:
@@ -68,18 +86,8 @@ class _Wander:
         return self.value
 
 
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """What the ring buffer holds right now (for the relay's ``info`` answer)."""
-
-    openings: int
-    buffered: int
-    oldest_ms: int | None
-    newest_ms: int | None
-
-
 class RelaySimulator:
-    """One relay: ``advance(now_ms)`` makes readings, ``read(since_ms, limit)`` serves them."""
+    """One relay's measurements: ``advance(now_ms)`` makes those due up to ``now_ms``."""
 
     def __init__(self, relay_id: str, substation: str, interval_ms: int = DEFAULT_INTERVAL_MS,
                  seed: int | None = None, start_ms: int = 0, *,
@@ -92,15 +100,12 @@ class RelaySimulator:
             raise ValueError(f"fault_probability must be in [0, 1], got {fault_probability}")
         self.relay_id, self.substation, self.interval_ms = relay_id, substation, interval_ms
         self.fault_probability = fault_probability
+        # How many readings the relay buffers: a day's worth, and at least 8640.
         self.capacity = buffer_size or max(MIN_BUFFER_READINGS, -(-BUFFER_SPAN_MS // interval_ms))
         self.next_tick_ms = start_ms
+        self.latest: Measurement | None = None
         self._openings = 0
         self._dead_left = 0  # readings the breaker stays open for; 0 = closed
-        # Rows in wire order (READING_FIELDS) and the openings count as of each row. A list
-        # with a moving start, not a deque: bisect needs O(1) indexing (deque's is O(n)).
-        self._rows: list[tuple] = []
-        self._openings_at: list[int] = []
-        self._start = 0
         rng = self._rng = random.Random(seed)
         self._voltage = _Wander(rng, NOMINAL_KV, 1.2, 900.0,
                                 KV_LIMITS[0] / (1 - PHASE_SPREAD), KV_LIMITS[1] / (1 + PHASE_SPREAD))
@@ -122,22 +127,18 @@ class RelaySimulator:
     def breaker_closed(self) -> bool:
         return self._dead_left == 0
 
-    @property
-    def buffered(self) -> int:
-        return len(self._rows) - self._start
+    def resume(self, openings: int, after_ms: int) -> None:
+        """Carry on after a restart: the counter where it was, the next tick after ``after_ms``.
 
-    def snapshot(self) -> Snapshot:
-        rows = self._rows
-        if self.buffered == 0:
-            return Snapshot(self._openings, 0, None, None)
-        return Snapshot(self._openings, self.buffered, rows[self._start][0], rows[-1][0])
+        A relay that was down measured nothing meanwhile, so the ticks it missed are skipped
+        (the signed sequence still runs on without a gap: it counts readings, not time).
+        """
+        self._openings = max(self._openings, openings)
+        if after_ms >= self.next_tick_ms:
+            self.next_tick_ms = after_ms + self.interval_ms
 
-    def advance(self, now_ms: int) -> list[Reading]:
-        """Make the readings of every tick up to ``now_ms``, buffer them and return them."""
-        return [Reading(*row) for row in self.advance_rows(now_ms)]
-
-    def advance_rows(self, now_ms: int) -> list[tuple]:
-        """``advance`` returning wire rows (tuples in READING_FIELDS order) instead of Readings."""
+    def advance(self, now_ms: int) -> list[Measurement]:
+        """The measurements of every tick up to ``now_ms``, oldest first."""
         if now_ms < self.next_tick_ms:
             return []
         due = (now_ms - self.next_tick_ms) // self.interval_ms + 1
@@ -147,36 +148,12 @@ class RelaySimulator:
             due = self.capacity
         made = []
         for _ in range(due):
-            row = self._measure(self.next_tick_ms, self.interval_ms / 1000.0)
-            self._rows.append(row)
-            self._openings_at.append(self._openings)
-            made.append(row)
+            made.append(self._measure(self.next_tick_ms, self.interval_ms / 1000.0))
             self.next_tick_ms += self.interval_ms
-        self._trim()
+        self.latest = made[-1]
         return made
 
-    def read(self, since_ms: int, limit: int) -> tuple[int, list[Reading]]:
-        """Buffered readings newer than ``since_ms``, oldest first, at most ``limit``, with
-        the openings count as of the newest one returned (the current count if none)."""
-        openings, rows = self.read_rows(since_ms, limit)
-        return openings, [Reading(*row) for row in rows]
-
-    def read_rows(self, since_ms: int, limit: int) -> tuple[int, list[tuple]]:
-        """``read`` returning wire rows: what the relay server encodes without conversion."""
-        first = bisect.bisect_right(self._rows, since_ms, lo=self._start, key=_TIMESTAMP)
-        last = min(len(self._rows), first + max(0, limit))
-        if last == first:
-            return self._openings, []
-        return self._openings_at[last - 1], self._rows[first:last]
-
-    def _trim(self) -> None:
-        self._start = max(self._start, len(self._rows) - self.capacity)
-        if self._start >= self.capacity:  # compact rarely, so trimming stays O(1) amortised
-            del self._rows[: self._start]
-            del self._openings_at[: self._start]
-            self._start = 0
-
-    def _measure(self, timestamp_ms: int, dt_s: float) -> tuple:
+    def _measure(self, timestamp_ms: int, dt_s: float) -> Measurement:
         level = self._voltage.step(dt_s)
         vab, vbc, vca = (round(level * (1.0 + phase.step(dt_s)), _DECIMALS) for phase in self._phase)
         load = self._load.step(dt_s)
@@ -186,12 +163,12 @@ class RelaySimulator:
         self._update_breaker()
         if not self.breaker_closed:
             # No current flows, so the power factor is undefined; the relay reports 0.
-            return (timestamp_ms, vab, vbc, vca, 0.0, 0.0, 0.0, hz, 0.0, 0.0, 0.0)
+            return Measurement(timestamp_ms, self._openings, vab, vbc, vca, 0.0, 0.0, 0.0, hz, 0.0, 0.0, 0.0)
         ia, ib, ic = (round(load * (1.0 + share), _DECIMALS) for share in shares)
         apparent = SQRT3 * (vab + vbc + vca) / 3.0 * (ia + ib + ic) / 3.0 / 1000.0  # MVA
         p = round(apparent * pf, _DECIMALS)
         q = round(apparent * math.sqrt(1.0 - pf * pf), _DECIMALS)
-        return (timestamp_ms, vab, vbc, vca, ia, ib, ic, hz, pf, p, q)
+        return Measurement(timestamp_ms, self._openings, vab, vbc, vca, ia, ib, ic, hz, pf, p, q)
 
     def _update_breaker(self) -> None:
         # Always draw, so the random sequence does not depend on the breaker's state.

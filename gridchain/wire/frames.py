@@ -17,6 +17,8 @@ import struct
 
 import msgpack
 
+from gridchain.consensus.errors import GridchainError
+
 # Large enough for a block of MAX_READINGS_PER_BLOCK readings (~0.9 MB) or a batch of a few
 # blocks during sync; small enough that a hostile peer costs us at most a few MiB per link.
 MAX_FRAME_BYTES = 4 * 1024 * 1024
@@ -30,13 +32,8 @@ FRAME_TOO_LARGE = "frame-too-large"
 BAD_MSGPACK = "bad-msgpack"
 
 
-class FrameError(Exception):
+class FrameError(GridchainError):
     """The byte stream broke the framing rules; ``reason`` is one of the stable names above."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
 
 
 def _refuse_ext(code: int, data: bytes) -> object:

@@ -3,13 +3,23 @@
 Only bytes and frames live here; what a message means is the caller's business. Every
 helper takes a timeout so no await can hang, and connection loss surfaces as a single
 exception type, ``ConnectionClosed``, whatever the OS reported.
+
+``FrameReader`` is the one read loop of every connection a node accepts (the listener's
+first frame, the peer link, the operator API): it keeps a FrameDecoder across reads, so a
+timeout never loses bytes, and lets the listener look at the first frame before handing the
+connection on. ``read_frame`` is the stateless one-frame read of the request/answer clients.
 """
 
 from __future__ import annotations
 
 import asyncio
 
-from gridchain.wire.frames import MAX_FRAME_BYTES, PREFIX_SIZE, decode_body, encode_frame, frame_length
+from collections import deque
+
+from gridchain.wire.frames import MAX_FRAME_BYTES, PREFIX_SIZE, FrameDecoder, decode_body, encode_frame, frame_length
+
+# Bytes asked of the socket per read (also the StreamReader buffer limit of a node's sockets).
+READ_CHUNK = 64 * 1024
 
 
 class ConnectionClosed(Exception):
@@ -23,6 +33,47 @@ class ConnectionClosed(Exception):
         super().__init__(detail or "connection closed")
         self.detail = detail
         self.mid_frame = mid_frame
+
+
+class FrameReader:
+    """Whole frames off one stream, one at a time, with the frame cap checked before buffering.
+
+    ``next(timeout)`` returns the next frame's msgpack object, or None at the end of the
+    stream (a clean close, or one part-way through a frame: either way nothing more comes).
+    ``timeout`` bounds the wait for a *whole* frame, so a peer dripping a frame a byte at a
+    time cannot hold a reader for ever; bytes read before a TimeoutError are kept for the
+    next call. Raises FrameError (the stream is out of step: drop it), TimeoutError, or
+    ConnectionClosed on a reset. ``peek`` is ``next`` without taking the frame.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, max_frame: int = MAX_FRAME_BYTES) -> None:
+        self.reader = reader
+        self._decoder = FrameDecoder(max_frame)
+        self._frames: deque[object] = deque()
+
+    async def next(self, timeout: float | None = None) -> object | None:
+        if not await self._fill(timeout):
+            return None
+        return self._frames.popleft()
+
+    async def peek(self, timeout: float | None = None) -> object | None:
+        if not await self._fill(timeout):
+            return None
+        return self._frames[0]
+
+    async def _fill(self, timeout: float | None) -> bool:
+        if self._frames:
+            return True
+        async with asyncio.timeout(timeout):
+            while not self._frames:
+                try:
+                    data = await self.reader.read(READ_CHUNK)
+                except ConnectionError as exc:
+                    raise ConnectionClosed(f"{type(exc).__name__}: {exc}", self._decoder.buffered > 0) from None
+                if not data:
+                    return False
+                self._frames.extend(self._decoder.feed(data))
+        return True
 
 
 async def read_frame(

@@ -17,8 +17,9 @@ import pytest
 from gridchain.api.client import NodeClient, NodeUnavailable
 from gridchain.cli.commands import main
 from gridchain.config import Address
+from gridchain.consensus.provenance import Reading, verify_sealed_reading
 
-from .harness import free_port
+from tests.support.ports import free_port
 
 NETWORK, BITS = "client-net", 6
 MIN_HEIGHT = 4  # blocks the node has mined before the tests look at it
@@ -51,6 +52,13 @@ def node_height(port: int) -> int | None:
     return asyncio.run(ask())
 
 
+def node_proof(port: int, relay: str, timestamp_ms: int):
+    async def ask():
+        async with NodeClient(Address("127.0.0.1", port)) as node:
+            return await node.proof(relay, timestamp_ms)
+    return asyncio.run(ask())
+
+
 def wait_height(port: int, height: int, timeout: float = START_TIMEOUT_S) -> None:
     deadline = time.monotonic() + timeout
     while (current := node_height(port)) is None or current < height:
@@ -61,17 +69,21 @@ def wait_height(port: int, height: int, timeout: float = START_TIMEOUT_S) -> Non
 
 @pytest.fixture(scope="module")
 def network(tmp_path_factory):
-    """A relay and one node (as `python -m gridchain` processes) with a few blocks mined."""
+    """A relay and one node (as `python -m gridchain` processes) of a network file, a few blocks mined."""
     root = tmp_path_factory.mktemp("client")
     relay_port, port = free_port(), free_port()
-    relay = spawn(["relay", "--port", str(relay_port), "--interval", "0.1", "--seed", "5", "--log-format", "json"],
+    net = root / "network.toml"
+    assert main(["network", "init", "--name", NETWORK, "--difficulty", str(BITS), "--member-data-dir",
+                 f"operator={root / 'n'}@127.0.0.1:{port}", "--relay-key-file", f"Relay 1={root / 'relay' / 'relay.key'}",
+                 "--out", str(net)]) == 0
+    relay = spawn(["relay", "--port", str(relay_port), "--interval", "0.1", "--seed", "5", "--data-dir",
+                   str(root / "relay"), "--key-file", str(root / "relay" / "relay.key"), "--log-format", "json"],
                   root / "relay.log")
     node = spawn(["node", "--port", str(port), "--relay", f"127.0.0.1:{relay_port}", "--data-dir", str(root / "n"),
-                  "--network", NETWORK, "--difficulty", str(BITS), "--capture-interval", "0.2",
-                  "--log-format", "json"], root / "node.log")
+                  "--network-file", str(net), "--capture-interval", "0.2", "--log-format", "json"], root / "node.log")
     try:
         wait_height(port, MIN_HEIGHT)
-        yield {"port": port, "node": ["--node", f"127.0.0.1:{port}"], "root": root, "proc": node}
+        yield {"port": port, "node": ["--node", f"127.0.0.1:{port}"], "root": root, "proc": node, "net": net}
     finally:
         stop(node)
         stop(relay)
@@ -119,6 +131,8 @@ def test_readings_stream_in_pages_identically(network, capsys):
     rows = list(csv.DictReader(io.StringIO(whole)))
     assert len(rows) >= 3 and {r["height"] for r in rows} == {"1", "2", "3"}
     stamps = [int(r["timestamp_ms"]) for r in rows]
+    seqs = [int(r["seq"]) for r in rows]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "one relay: every reading, in sequence"
     assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)
     code, out, _ = run(capsys, *network["node"], "readings", "--until", until, "--format", "json", "--relay", "Relay 1")
     assert [json.loads(line)["timestamp_ms"] for line in out.splitlines()] == stamps
@@ -133,7 +147,18 @@ def test_proof_round_trip(network, capsys, tmp_path):
     assert code == 0, err
     assert json.loads(proof_file.read_text())["reading"] == reading
     code, out, _ = run(capsys, "proof", "--check", str(proof_file))
-    assert code == 0 and out.startswith("OK: the reading of Relay 1") and "block 2 " in out
+    assert code == 0 and out.startswith(f"OK: reading seq {reading['seq']} of Relay 1") and "block 2 " in out
+    saved = json.loads(proof_file.read_text())
+    reply = node_proof(network["port"], "Relay 1", reading["timestamp_ms"])
+    # The node's reply alone proves the reading is the relay's: its seal and the row's path to it.
+    row = Reading.from_bytes(reply.leaf)
+    verify_sealed_reading(reply.relay_key, reply.relay_id, row, reply.seal, reply.seal_path)
+    assert reply.seq == row.seq == reading["seq"] and reply.height == 2
+    assert saved["seal"] == {"first_seq": reply.seal.first_seq, "count": reply.seal.count,
+                             "signature": reply.seal.signature.hex(), "path": [p.hex() for p in reply.seal_path]}
+    assert saved["metadata"]["relay_key"] == reply.relay_key.hex()
+    code, out, _ = run(capsys, "proof", "--check", str(proof_file), "--network-file", str(network["net"]))
+    assert code == 0 and "mined by member 'operator'" in out and "signed by relay Relay 1" in out
     doc = json.loads(proof_file.read_text())
     doc["reading"]["vab"] += 1.0
     proof_file.write_text(json.dumps(doc))
@@ -143,11 +168,19 @@ def test_proof_round_trip(network, capsys, tmp_path):
 
 def test_verify_on_the_node_and_offline(network, capsys):
     code, out, _ = run(capsys, *network["node"], "verify")
-    assert code == 0 and out.startswith("OK: ")
-    code, out, _ = run(capsys, "--json", "verify", "--data-dir", str(network["root"] / "n"), "--network", NETWORK,
-                       "--difficulty", str(BITS))
+    assert code == 0 and out.startswith("OK: ") and "gap" not in out
+    # The relay's key was made before it first started, so its first block carries a notice
+    # at a clock-derived seq: the start of its sequence, not a gap.
+    code, out, _ = run(capsys, *network["node"], "--json", "block", "1")
+    assert code == 0 and json.loads(out)["capture"]["gap"] is not None
+    code, out, _ = run(capsys, *network["node"], "--json", "verify")
     report = json.loads(out)
     assert code == 0 and report["ok"] and report["checked"] >= MIN_HEIGHT
+    assert report["gaps"] == [] and report["gaps_omitted"] == 0
+    code, out, _ = run(capsys, "--json", "verify", "--data-dir", str(network["root"] / "n"), "--network-file",
+                       str(network["net"]))
+    report = json.loads(out)
+    assert code == 0 and report["ok"] and report["checked"] >= MIN_HEIGHT and report["gaps"] == []
     code, out, _ = run(capsys, "verify", "--data-dir", str(network["root"] / "n"), "--network", "another-net")
     assert code == 1 and out.startswith("FAILED")
 
@@ -193,7 +226,7 @@ def test_gridchaind_stops_on_sigterm_with_exit_0(tmp_path):
     finally:
         assert stop(proc) == 0
     events = [json.loads(line)["event"] for line in (tmp_path / "node.log").read_text().splitlines()]
-    assert events[0] == "node.started" and events[-1] == "node.stopped"
+    assert events[-1] == "node.stopped" and events.index("network.open") < events.index("node.started")
 
 
 def test_gridchain_relay_stops_on_sigterm_and_refuses_a_busy_port(tmp_path):

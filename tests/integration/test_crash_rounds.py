@@ -19,8 +19,8 @@ import asyncio
 import random
 from collections import Counter
 
-from .cluster import Cluster, schedule_seed
-from .harness import wait_until
+from tests.support.cluster import Cluster, schedule_seed
+from tests.support.wait import wait_until
 
 NODES = 4
 CRASH_ROUNDS = 20  # the issue asks for at least 20

@@ -20,7 +20,9 @@ from structlog.testing import capture_logs
 from gridchain.ledger.audit import audit_store
 from gridchain.ledger.store import DB_FILE
 
-from .harness import free_port, node_config, start_node, start_relay, wait_until
+from tests.support.nodes import node_config, start_node, start_relay
+from tests.support.ports import free_port
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 

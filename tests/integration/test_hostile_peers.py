@@ -40,7 +40,7 @@ from gridchain.consensus.params import NetworkParams
 from gridchain.consensus.template import block_template, seal
 from gridchain.identity.keys import NodeKey
 from gridchain.ledger.ledger import Ledger
-from gridchain.net import gossip, peer
+from gridchain.net import gossip, peer, protocol, sync
 from gridchain.net.gossip import AGENT
 from gridchain.net.messages import (
     MAX_BLOCKS_PER_MESSAGE, PROTOCOL_VERSION, BlockMessage, Blocks, GetBlocks, Hello, Ping, Pong, Reject, Tip,
@@ -48,7 +48,10 @@ from gridchain.net.messages import (
 )
 from gridchain.wire.frames import MAX_FRAME_BYTES, FrameDecoder, encode_frame
 
-from .harness import TEST_DIFFICULTY, RunningNode, free_port, node_config, start_node, wait_until
+from tests.support.blocks import RELAY_KEY, sealed
+from tests.support.nodes import TEST_DIFFICULTY, RunningNode, node_config, start_node
+from tests.support.ports import free_port
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -74,21 +77,27 @@ def naming(logs: list[dict], address: str, reason: str) -> list[str]:
 
 
 class BlockMaker:
-    """Real blocks (mined and signed) for the test network, readings of one relay in order."""
+    """Real blocks (mined and signed) for the test network, signed readings of one relay in order."""
 
     def __init__(self, params: NetworkParams, seed: bytes, name: str) -> None:
         self.params = params
         self.key = NodeKey.from_seed(seed)
         self.name = name
         self.next_ms = int(time.time() * 1000) - 3_600_000
+        self.next_seq = 1
+
+    def follow(self, other: BlockMaker) -> None:
+        """Continue ``other``'s relay sequence (a block on its tip is then a valid one)."""
+        self.next_ms, self.next_seq = other.next_ms, other.next_seq
 
     def capture(self, count: int = 3, **values: float) -> Capture:
         fields = dict(vab=115.0, vbc=115.1, vca=114.9, ia=300.0, ib=301.0, ic=299.0, frequency=60.0,
                       power_factor=0.95, active_power=55.0, reactive_power=20.0)
         fields.update(values)
-        readings = tuple(Reading(self.next_ms + i * 100, **fields) for i in range(count))
+        readings = tuple(Reading(self.next_seq + i, self.next_ms + i * 100, 0, 0, **fields) for i in range(count))
         self.next_ms += count * 100
-        return Capture(RELAY_ID, "Test Substation", 0, readings)
+        self.next_seq += count
+        return sealed(RELAY_ID, readings, "Test Substation", RELAY_KEY)
 
     def block(self, parent: ChainEntry, capture: Capture | None = None, **header_changes) -> Block:
         capture = capture or self.capture()
@@ -304,7 +313,7 @@ BAD_BLOCKS = {
 async def test_block_breaking_a_rule_bans_its_sender(arena, reason):
     fake = await FakePeer.connect(arena.target)
     mallory = BlockMaker(arena.target.node.params, b"\x09" * 32, "mallory")
-    mallory.next_ms = arena.maker.next_ms
+    mallory.follow(arena.maker)
     block = BAD_BLOCKS[reason](mallory, arena.target.ledger.tip, arena.target)
     before = arena.snapshot()
     fake.send(BlockMessage(block=block))
@@ -320,7 +329,7 @@ async def test_block_breaking_a_rule_bans_its_sender(arena, reason):
 async def test_block_from_the_future_is_dropped_but_its_sender_kept(arena):
     fake = await FakePeer.connect(arena.target)
     mallory = BlockMaker(arena.target.node.params, b"\x09" * 32, "skewed")
-    mallory.next_ms = arena.maker.next_ms
+    mallory.follow(arena.maker)
     tip = arena.target.ledger.tip
     block = mallory.block(tip, time_ms=int(time.time() * 1000) + 10 * 60_000)
     before = arena.snapshot()
@@ -338,7 +347,7 @@ async def test_block_with_unknown_parent_is_held_aside_and_its_sender_asked(aren
     fake = await FakePeer.connect(arena.target)
     fake.answer = lambda m: [Blocks(blocks=(), more=False)] if isinstance(m, GetBlocks) else []
     mallory = BlockMaker(arena.target.node.params, b"\x09" * 32, "ahead")
-    mallory.next_ms = arena.maker.next_ms
+    mallory.follow(arena.maker)
     tip = arena.target.ledger.tip
     block = mallory.block(tip, prev_hash=os.urandom(32), height=tip.height + 5)
     before = arena.snapshot()
@@ -358,8 +367,8 @@ async def test_block_with_unknown_parent_is_held_aside_and_its_sender_asked(aren
 # --- timeouts and floods --------------------------------------------------------------------
 
 async def test_truncated_frame_then_silence_is_timed_out_without_leaking_a_task(arena, monkeypatch):
-    monkeypatch.setattr(peer, "IDLE_TIMEOUT_S", 1.0)
-    monkeypatch.setattr(peer, "PING_INTERVAL_S", 0.25)  # keeps the honest link busy meanwhile
+    monkeypatch.setattr(protocol, "IDLE_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(protocol, "PING_INTERVAL_S", 0.25)  # keeps the honest link busy meanwhile
     tasks_before = len(asyncio.all_tasks())
     fake = await FakePeer.connect(arena.target)
     before = arena.snapshot()
@@ -377,8 +386,8 @@ async def test_truncated_frame_then_silence_is_timed_out_without_leaking_a_task(
 
 
 async def test_frame_dripped_a_byte_at_a_time_is_timed_out(arena, monkeypatch):
-    monkeypatch.setattr(peer, "IDLE_TIMEOUT_S", 1.0)
-    monkeypatch.setattr(peer, "PING_INTERVAL_S", 0.25)
+    monkeypatch.setattr(protocol, "IDLE_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(protocol, "PING_INTERVAL_S", 0.25)
     fake = await FakePeer.connect(arena.target)
     started = time.monotonic()
     body = (10_000).to_bytes(4, "big") + b"y" * 10_000
@@ -415,8 +424,7 @@ async def test_ten_thousand_tips_are_rate_limited_without_a_download_storm(arena
 
 
 async def test_two_hundred_silent_connections_are_closed_and_configured_peers_stay(arena, monkeypatch):
-    monkeypatch.setattr(peer, "HANDSHAKE_TIMEOUT_S", 1.0)
-    monkeypatch.setattr(gossip, "HANDSHAKE_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(protocol, "HANDSHAKE_TIMEOUT_S", 1.0)  # the peer link and the listener's first frame
     port = arena.target.config.port
     before = arena.snapshot()
     started = time.monotonic()
@@ -474,13 +482,13 @@ async def test_sync_answers_that_bring_nothing_for_ever_are_cut_off(arena, known
     assert naming(arena.logs, fake.address, "empty-sync") == ["peer.banned"]
     # Three answers without progress; a known block moves a sync that promises more on once,
     # but a round that ends on a known block is no progress, however often it restarts.
-    assert fake.count(GetBlocks) == gossip.MAX_EMPTY_SYNC_ANSWERS + (known and more)
+    assert fake.count(GetBlocks) == sync.MAX_EMPTY_SYNC_ANSWERS + (known and more)
     assert arena.snapshot() == before
     await arena.honest_still_served()
 
 
 async def test_long_chain_announced_but_never_delivered_is_dropped_and_banned(arena, monkeypatch):
-    monkeypatch.setattr(gossip, "SYNC_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(sync, "SYNC_TIMEOUT_S", 0.5)
     before = arena.snapshot()
     fake = await FakePeer.connect(arena.target, work=2**200, height=10**6)
     await fake.wait_for(GetBlocks)

@@ -13,11 +13,12 @@ from gridchain.net.messages import PROTOCOL_VERSION, BlockMessage, Hello, encode
 from gridchain.net.gossip import AGENT
 from gridchain.wire.frames import encode_frame
 
-from .harness import (
-    chain_readings, free_port, main_chain, node_config, settle, start_network, start_node, start_relay,
-    wait_until,
+from tests.support.nodes import (
+    chain_readings, main_chain, node_config, settle, start_network, start_node, start_relay,
 )
-from .proxy import FaultProxy
+from tests.support.ports import free_port
+from tests.support.proxy import FaultProxy
+from tests.support.wait import wait_until
 
 
 async def _stop_all(nodes, relay=None) -> None:

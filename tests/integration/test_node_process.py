@@ -14,7 +14,8 @@ from pathlib import Path
 from gridchain.api.client import NodeClient, NodeUnavailable
 from gridchain.config import Address
 
-from .harness import free_port, start_relay
+from tests.support.nodes import start_relay
+from tests.support.ports import free_port
 
 STOP_TIMEOUT_S = 5.0  # the bound for a clean stop
 

@@ -14,8 +14,8 @@ import asyncio
 import random
 import time
 
-from .cluster import Cluster, schedule_seed
-from .harness import wait_until
+from tests.support.cluster import Cluster, schedule_seed
+from tests.support.wait import wait_until
 
 NODES = 4
 CAPTURE_INTERVAL_S = 0.2

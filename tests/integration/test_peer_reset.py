@@ -7,8 +7,10 @@ good, so a partition never healed.
 
 from __future__ import annotations
 
-from .harness import free_port, node_config, start_node, wait_until
-from .proxy import FaultProxy
+from tests.support.nodes import node_config, start_node
+from tests.support.ports import free_port
+from tests.support.proxy import FaultProxy
+from tests.support.wait import wait_until
 
 RESETS = 5
 

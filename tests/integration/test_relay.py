@@ -1,20 +1,26 @@
-"""The relay server and the relay client end to end over real loopback sockets."""
+"""The relay server and the relay client end to end over real loopback sockets, including
+restarts: clean (sequence and buffer kept), lost journal or state (a signed gap notice), a
+crash, and a damaged journal tail."""
 
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 
 import pytest
 from structlog.testing import capture_logs
 
+from gridchain.consensus.provenance import verify_gap
+from gridchain.identity.keys import RELAY_KEY_FILE, RelayKey
 from gridchain.relay.capture_files import read_capture_file
-from gridchain.relay.client import RelayClient
+from gridchain.relay.client import RelayClient, RelayError
+from gridchain.relay.journal import CLOCK_SEQ_PER_MS, JOURNAL_FILE, STATE_FILE, RelayStateError
 from gridchain.relay.server import RelayServer, run_relay
 from gridchain.relay.simulator import RelaySimulator
 from gridchain.wire.streams import ConnectionClosed, read_frame
 from gridchain.wire.frames import encode_frame
+from tests.support.ports import free_port
+from tests.support.wait import wait_until
 
 INTERVAL_MS = 100
 
@@ -23,23 +29,13 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-async def wait_until(predicate, timeout: float = 3.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.01)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def make_server(port: int = 0, **options) -> RelayServer:
+def make_server(port: int = 0, data_dir=None, **options) -> RelayServer:
     fault_probability = options.pop("fault_probability", 0.0)
     sim = RelaySimulator("relay-1", "Bogota", INTERVAL_MS, seed=1, start_ms=now_ms() - 5000,
                          fault_probability=fault_probability)
-    return RelayServer(sim, "127.0.0.1", port, **options)
+    if data_dir is not None:
+        options["key"], options["key_created"] = RelayKey.open_path(data_dir / RELAY_KEY_FILE)
+    return RelayServer(sim, "127.0.0.1", port, data_dir=data_dir, **options)
 
 
 @pytest.fixture
@@ -66,48 +62,61 @@ def client_for(server: RelayServer, **options) -> RelayClient:
 
 async def test_client_reads_the_buffer_and_then_only_what_is_new(relay):
     client = client_for(relay)
-    first = await client.read_since(0)
+    first = await client.read(0)
     assert len(first.readings) >= 50 and first.relay_id == "relay-1" and first.substation == "Bogota"
-    newest = first.newest_ms
-    await wait_until(lambda: relay.simulator.snapshot().newest_ms > newest)
-    more = await client.read_since(newest)
-    assert more.readings[0].timestamp_ms == newest + INTERVAL_MS
+    assert first.relay_key == relay.key.public_key == client.pinned_key
+    assert [r.seq for r in first.readings] == list(range(1, first.last_seq + 1))
+    assert all(r.flags == 0 and r.openings == 0 for r in first.readings)  # device time, good
+    last = first.last_seq
+    await wait_until(lambda: relay.feed.next_seq > last + 1)
+    more = await client.read(last)
+    assert more.first_seq == last + 1 and more.gap is None
     assert client.address == f"127.0.0.1:{relay.port}"
     await client.close()
 
 
 async def test_a_node_down_for_a_while_catches_up_without_a_gap(relay):
     client = client_for(relay)
-    newest = (await client.read_since(0)).newest_ms
+    last = (await client.read(0)).last_seq
     await client.close()  # the node goes down ...
-    await wait_until(lambda: relay.simulator.snapshot().newest_ms >= newest + 5 * INTERVAL_MS)
-    client = client_for(relay)  # ... and comes back with only its last timestamp
-    stamps = [r.timestamp_ms for r in (await client.read_since(newest)).readings]
-    assert stamps == list(range(newest + INTERVAL_MS, stamps[-1] + 1, INTERVAL_MS)) and len(stamps) >= 5
+    await wait_until(lambda: relay.feed.next_seq > last + 5)
+    client = client_for(relay)  # ... and comes back with only its last seq
+    seqs = [r.seq for r in (await client.read(last)).readings]
+    assert seqs == list(range(last + 1, last + 1 + len(seqs))) and len(seqs) >= 5
     await client.close()
 
 
-async def test_limit_is_respected(relay):
+async def test_limit_is_respected_and_one_seal_covers_each_answer(relay):
     client = client_for(relay)
-    capture = await client.read_since(0, limit=7)
-    assert len(capture.readings) == 7
+    batch = await client.read(0, limit=7)
+    assert len(batch.readings) == 7 and [run.seal.count for run in batch.runs] == [7]
     await client.close()
+
+
+async def test_answers_to_the_same_range_share_one_cached_seal(relay):
+    relay.pause()
+    clients = [client_for(relay) for _ in range(4)]
+    signed = relay.feed.seals_signed
+    batches = [await c.read(10, limit=100) for c in clients]
+    assert len({b.runs[0].seal for b in batches}) == 1 and relay.feed.seals_signed == signed + 1
+    for c in clients:
+        await c.close()
 
 
 async def test_pipelined_requests_are_answered_in_order(relay, raw):
     reader, writer = raw
-    since = [relay.simulator.snapshot().oldest_ms + i * INTERVAL_MS for i in range(20)]
-    writer.write(b"".join(encode_frame({"type": "read", "since_ms": s, "limit": 1}) for s in since))
-    answers = [await read_frame(reader, timeout=1.0) for _ in since]
-    assert [a["readings"][0][0] for a in answers] == [s + INTERVAL_MS for s in since]
+    after = list(range(20))
+    writer.write(b"".join(encode_frame({"type": "read", "after_seq": a, "limit": 1}) for a in after))
+    answers = [await read_frame(reader, timeout=1.0) for _ in after]
+    assert [int.from_bytes(a["rows"][:8], "big") for a in answers] == [a + 1 for a in after]
 
 
 async def test_info(relay):
     client = client_for(relay)
     info = await client.info()
-    snap = relay.simulator.snapshot()
-    assert (info.relay_id, info.interval_ms) == ("relay-1", INTERVAL_MS)
-    assert info.oldest_ms == snap.oldest_ms and info.buffered >= 50
+    assert (info.relay_id, info.interval_ms, info.relay_key) == ("relay-1", INTERVAL_MS, relay.key.public_key)
+    assert info.oldest_seq == 1 and info.buffered >= 50 and info.gap is None
+    assert client.pinned_key == relay.key.public_key
     await client.close()
 
 
@@ -118,7 +127,7 @@ async def test_a_bad_request_gets_an_error_and_the_connection_stays(relay, raw):
         assert (await read_frame(reader, timeout=1.0))["reason"] == "unknown-type"
         assert (await read_frame(reader, timeout=1.0))["reason"] == "bad-request"
     assert [e["reason"] for e in logs if e["event"] == "relay.bad_request"] == ["unknown-type", "bad-request"]
-    writer.write(encode_frame({"type": "read", "since_ms": 0, "limit": 1}))
+    writer.write(encode_frame({"type": "read", "after_seq": 0, "limit": 1}))
     assert (await read_frame(reader, timeout=1.0))["type"] == "readings"
 
 
@@ -136,7 +145,7 @@ async def test_broken_framing_gets_an_error_then_a_close(relay, raw, sent, reaso
     with pytest.raises(ConnectionClosed):
         await read_frame(reader, timeout=1.0)
     client = client_for(relay)  # the relay itself is unharmed
-    assert (await client.read_since(0, 1)).readings
+    assert (await client.read(0, 1)).readings
     await client.close()
 
 
@@ -166,20 +175,140 @@ async def test_too_many_clients_are_turned_away():
         await server.close()
 
 
-async def test_client_survives_a_relay_restart_without_an_error():
+async def restarted(data_dir, port: int, old: RelayServer | None = None) -> RelayServer:
+    if old is not None:
+        await old.close()
+    server = make_server(port, data_dir)
+    await server.start()
+    return server
+
+
+async def test_a_clean_restart_keeps_the_sequence_and_the_buffer(tmp_path):
     port = free_port()
-    server = make_server(port)
-    await server.start()
+    server = await restarted(tmp_path, port)
     client = RelayClient("127.0.0.1", port, "relay-1", request_timeout=0.5)
-    newest = (await client.read_since(0)).newest_ms
-    await server.close()
-    await wait_until(lambda: not client.connected)
-    server = RelayServer(server.simulator, "127.0.0.1", port)
-    await server.start()
+    first = await client.read(0)
+    key, oldest = server.key.public_key, server.feed.buffer.oldest_seq
+    server = await restarted(tmp_path, port, server)
     try:
-        await wait_until(lambda: server.simulator.snapshot().newest_ms > newest)
-        assert (await client.read_since(newest)).readings
-        assert client.failures == 0
+        assert server.feed.boot_plan.why == "continued" and server.feed.gap is None
+        assert server.key.public_key == key and server.feed.buffer.oldest_seq == oldest  # buffer kept
+        await wait_until(lambda: server.feed.next_seq > first.last_seq + 1)
+        more = await client.read(first.last_seq)  # same client: the key it pinned still holds
+        assert more.first_seq == first.last_seq + 1 and more.gap is None and client.failures == 0
+        again = await client.read(0, limit=first.last_seq)
+        assert again.readings == first.readings  # the same signed rows, served again after the restart
+    finally:
+        await client.close()
+        await server.close()
+
+
+async def test_a_crash_with_an_intact_journal_continues_without_a_gap(tmp_path):
+    port = free_port()
+    server = await restarted(tmp_path, port)
+    last = server.feed.next_seq - 1
+    server.pause()
+    server._server.close()  # no orderly shutdown: the state file still says "running"
+    await server._server.wait_closed()
+    server = await restarted(tmp_path, port)
+    try:
+        assert (server.feed.boot_plan.why, server.feed.boot_plan.gap) == ("continued", False)
+        assert server.feed.buffer.read(last - 1, 10).first_seq == last
+    finally:
+        await server.close()
+
+
+@pytest.mark.parametrize("lose, why", [(JOURNAL_FILE, "journal-missing"), (STATE_FILE, "state-missing")])
+async def test_a_restart_that_lost_its_buffer_signs_a_gap_notice(tmp_path, lose, why):
+    port = free_port()
+    server = await restarted(tmp_path, port)
+    client = RelayClient("127.0.0.1", port, "relay-1", request_timeout=0.5)
+    last = (await client.read(0, limit=10)).last_seq  # a node that has not read everything yet
+    used = server.feed.next_seq - 1
+    assert used > last
+    await server.close()
+    (tmp_path / lose).unlink()
+    with capture_logs() as logs:
+        server = await restarted(tmp_path, port)
+    try:
+        plan = server.feed.boot_plan
+        assert (plan.why, plan.gap) == (why, True) and plan.next_seq > used
+        if lose == STATE_FILE:
+            assert plan.next_seq >= (now_ms() - 60_000) * CLOCK_SEQ_PER_MS
+        gapped = [e for e in logs if e["event"] == "relay.gap_signed"]
+        assert gapped and gapped[0]["resume_seq"] == plan.next_seq
+        await wait_until(lambda: server.feed.next_seq > plan.next_seq)
+        batch = await client.read(last)  # verified against the key pinned before the restart
+        assert batch.gap.resume_seq == plan.next_seq and client.failures == 0
+        verify_gap(server.key.public_key, "relay-1", batch.gap)
+        if lose == STATE_FILE:  # the journal survived: the rows before the gap are still served
+            assert batch.first_seq == last + 1
+            batch = await client.read(used)
+        assert batch.first_seq == plan.next_seq
+        assert (await client.info()).gap == batch.gap
+    finally:
+        await client.close()
+        await server.close()
+    server = await restarted(tmp_path, port)  # a clean restart after that still hands out the notice
+    try:
+        assert server.feed.boot_plan.why == "continued" and server.feed.gap == batch.gap
+    finally:
+        await server.close()
+
+
+@pytest.mark.parametrize("damage", ["torn", "flipped", "garbage"])
+async def test_a_damaged_journal_tail_is_cut_with_a_warning(tmp_path, damage):
+    port = free_port()
+    server = await restarted(tmp_path, port)
+    used = server.feed.next_seq - 1
+    await server.close()
+    journal = tmp_path / JOURNAL_FILE
+    data = journal.read_bytes()
+    journal.write_bytes({"torn": data[:-50], "flipped": data[:-3] + bytes([data[-3] ^ 0x40]) + data[-2:],
+                         "garbage": data + b"\x00garbage"}[damage])
+    with capture_logs() as logs:
+        server = await restarted(tmp_path, port)
+    try:
+        warned = [e for e in logs if e["event"] == "relay.journal_damaged"]
+        assert len(warned) == 1 and warned[0]["log_level"] == "warning" and warned[0]["kept_rows"] >= used - 1
+        plan = server.feed.boot_plan
+        assert (plan.why, plan.gap) == ("journal-damaged", True) and plan.next_seq > used
+        client = RelayClient("127.0.0.1", port, "relay-1", expected_key=server.key.public_key, request_timeout=0.5)
+        first = await client.read(0)
+        assert first.first_seq == 1 and first.gap == server.feed.gap  # the good rows, and the notice
+        await client.close()
+    finally:
+        await server.close()
+    assert server.feed.boot_plan.why == "journal-damaged"
+    server = await restarted(tmp_path, port)
+    try:
+        assert server.feed.boot_plan.why == "continued"  # the cut journal is whole again
+    finally:
+        await server.close()
+
+
+async def test_a_data_dir_of_another_relay_is_refused(tmp_path):
+    server = await restarted(tmp_path, free_port())
+    await server.close()
+    sim = RelaySimulator("relay-2", "Bogota", INTERVAL_MS, seed=1, start_ms=now_ms())
+    other = RelayServer(sim, "127.0.0.1", 0, data_dir=tmp_path, key=RelayKey.generate())
+    with pytest.raises(RelayStateError) as caught:
+        await other.start()
+    assert caught.value.reason == "relay-id-changed"
+
+
+async def test_client_refuses_a_relay_restarted_with_another_key(tmp_path):
+    port = free_port()
+    server = await restarted(tmp_path, port)
+    client = RelayClient("127.0.0.1", port, "relay-1", request_timeout=0.5, backoff_initial_s=0.01)
+    last = (await client.read(0)).last_seq
+    await server.close()
+    (tmp_path / RELAY_KEY_FILE).unlink()  # a new key: a different relay as far as anyone can tell
+    server = await restarted(tmp_path, port)
+    try:
+        with pytest.raises(RelayError) as caught:
+            await client.read(last)
+        assert caught.value.reason == "relay-key-changed"
     finally:
         await client.close()
         await server.close()
@@ -193,8 +322,9 @@ async def test_capture_files_are_written(tmp_path):
         files = sorted(tmp_path.glob("CAPTURE_*.txt"))
         assert files  # the readings already due at start are written at once
         parsed = [r for f in files for r in read_capture_file(f).readings]
-        buffered = server.simulator.read(-1, 10_000)[1]
+        buffered = server.feed.buffer.read(0, 10_000).readings()
         assert len(parsed) == len(buffered) >= 50
+        assert [p.seq for p in parsed] == [r.seq for r in buffered]
         assert [p.vab for p in parsed] == [r.vab for r in buffered]
         assert all(p.timestamp_ms == r.timestamp_ms // 1000 * 1000 for p, r in zip(parsed, buffered))
     finally:
@@ -214,7 +344,7 @@ async def test_faults_are_logged():
 async def test_client_connections_are_logged(relay):
     with capture_logs() as logs:
         client = client_for(relay)
-        await client.read_since(0, 1)
+        await client.read(0, 1)
         await client.close()
         await wait_until(lambda: any(e["event"] == "relay.client_disconnected" for e in logs))
     connected = next(e for e in logs if e["event"] == "relay.client_connected")
@@ -223,14 +353,15 @@ async def test_client_connections_are_logged(relay):
 
 async def test_run_relay_serves_until_stopped(tmp_path):
     port, stop = free_port(), asyncio.Event()
-    task = asyncio.create_task(run_relay("127.0.0.1", port, 0.1, "relay-9", "Test", 5, None, stop))
+    task = asyncio.create_task(run_relay("127.0.0.1", port, 0.1, "relay-9", "Test", 5, None, stop,
+                                         data_dir=tmp_path / "relay"))
     client = RelayClient("127.0.0.1", port, "relay-9", request_timeout=0.5, backoff_initial_s=0.01)
 
     async def first_capture():
         while True:
             await wait_until(client.ready)
             try:
-                return await client.read_since(0)
+                return await client.read(0)
             except Exception:
                 continue
 
@@ -242,8 +373,31 @@ async def test_run_relay_serves_until_stopped(tmp_path):
     async with asyncio.timeout(3):
         await task
     await client.close()
+    key_file = tmp_path / "relay" / RELAY_KEY_FILE
+    assert oct(key_file.stat().st_mode & 0o777) == "0o600"
+    assert capture.relay_key == RelayKey.load(key_file).public_key
+    assert (tmp_path / "relay" / STATE_FILE).exists() and (tmp_path / "relay" / JOURNAL_FILE).exists()
+
+
+async def test_run_relay_uses_the_key_file_given(tmp_path):
+    stop = asyncio.Event()
+    key, _ = RelayKey.open_path(tmp_path / "elsewhere.key")
+    stop.set()  # start, then stop at once
+    await run_relay("127.0.0.1", 0, 0.1, "relay-9", "Test", 5, None, stop, data_dir=tmp_path / "d",
+                    key_file=tmp_path / "elsewhere.key")
+    assert not (tmp_path / "d" / RELAY_KEY_FILE).exists() and (tmp_path / "d" / STATE_FILE).exists()
+    assert key.public_key == RelayKey.load(tmp_path / "elsewhere.key").public_key
 
 
 async def test_run_relay_refuses_a_too_short_interval():
     with pytest.raises(ValueError):
         await run_relay("127.0.0.1", 0, 0.01, "r", "s", 1, None, asyncio.Event())
+
+
+def test_relay_settings_name_the_data_dir_and_key_file(tmp_path):
+    from gridchain.cli.settings import DEFAULT_RELAY_DATA_DIR, load_relay_settings
+
+    default = load_relay_settings([])
+    assert (default.data_dir, default.key_file) == (DEFAULT_RELAY_DATA_DIR, None)
+    given = load_relay_settings(["--data-dir", str(tmp_path), "--key-file", str(tmp_path / "k.pem")])
+    assert (given.data_dir, given.key_file) == (tmp_path, tmp_path / "k.pem")

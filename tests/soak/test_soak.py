@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from ..integration.cluster import Cluster, check_readings, common_prefix, schedule_seed
+from tests.support.cluster import Cluster, check_readings, common_prefix, schedule_seed
 
 SOAK_SECONDS = float(os.environ.get("GRIDCHAIN_SOAK_SECONDS", "600"))
 NODES = 4

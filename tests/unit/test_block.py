@@ -1,4 +1,5 @@
-"""Block bytes: canonical, round-tripping, every field bound to the hash or the payload root."""
+"""Block bytes: canonical, round-tripping, every field bound to the hash or the payload root,
+and a decoder that checks shape, sizes, rows and the seals' partition of the rows."""
 
 from __future__ import annotations
 
@@ -11,23 +12,43 @@ from hypothesis import strategies as st
 
 from gridchain.consensus import rules
 from gridchain.consensus.block import (
-    HEADER_PREFIX_SIZE, HEADER_SIZE, MAX_TEXT_BYTES, READING_FIELDS, Block, BlockDecodeError, Capture, Header,
-    Reading, short_hash,
+    HEADER_PREFIX_SIZE, HEADER_SIZE, MAX_TEXT_BYTES, READING_SIZE, ROW_FIELDS, Block, BlockDecodeError, Capture,
+    GapNotice, Header, Reading, Seal, short_hash,
 )
 from gridchain.consensus.merkle import payload_root
+from gridchain.consensus.provenance import GATEWAY_TIME_FLAG, MAX_SEALS_PER_BLOCK, make_flags
 from gridchain.consensus.rules import RuleViolation
 
-from .helpers import ALICE, capture, make_block, new_chain
+from tests.support.blocks import ALICE, RELAY_KEY, capture, gap_notice, make_block, new_chain, sealed
 
 finite = st.floats(allow_nan=False, allow_infinity=False)
 u64 = st.integers(0, 2**64 - 1)
 text = st.text(max_size=40).filter(lambda s: len(s.encode()) <= MAX_TEXT_BYTES)
-readings = st.builds(Reading, st.integers(-2**63, 2**63 - 1), *[finite] * 10)
-captures = st.builds(Capture, text, text, st.integers(0, 2**63 - 1), st.lists(readings, max_size=12).map(tuple))
+sig = st.binary(min_size=64, max_size=64)
+flags = st.builds(make_flags, st.lists(st.sampled_from([0, 1, 2]), max_size=10), st.booleans())
+
+
+@st.composite
+def captures(draw) -> Capture:
+    """Rows with consecutive seqs cut into seals of random sizes (signatures are noise)."""
+    sizes = draw(st.lists(st.integers(1, 4), max_size=4))
+    first = draw(st.integers(0, 2**64 - 1 - sum(sizes)))
+    readings, seals, seq = [], [], first
+    for size in sizes:
+        seals.append(Seal(seq, size, draw(sig)))
+        for _ in range(size):
+            readings.append(Reading(seq, draw(st.integers(-2**63, 2**63 - 1)), draw(u64), draw(flags),
+                                    *draw(st.lists(finite, min_size=10, max_size=10))))
+            seq += 1
+    gap = draw(st.none() | st.builds(GapNotice, u64, st.integers(-2**63, 2**63 - 1), sig))
+    return Capture(draw(text), draw(text), draw(st.binary(min_size=32, max_size=32)), tuple(readings),
+                   tuple(seals), gap)
+
+
 headers = st.builds(Header, st.integers(0, 2**32 - 1), u64, st.binary(min_size=32, max_size=32),
                     st.binary(min_size=32, max_size=32), u64, st.integers(0, 2**32 - 1),
                     st.binary(min_size=32, max_size=32), u64)
-blocks = st.builds(Block, headers, st.binary(min_size=64, max_size=64), captures, text)
+blocks = st.builds(Block, headers, sig, captures(), text)
 
 
 @settings(max_examples=200, deadline=None)
@@ -48,10 +69,18 @@ def test_header_layout(header):
     assert raw[HEADER_PREFIX_SIZE:] == header.nonce.to_bytes(8, "big")
 
 
+def test_reading_row_layout():
+    row = capture().readings[0].to_bytes()
+    assert len(row) == READING_SIZE == 108
+    assert row[:8] == (1).to_bytes(8, "big"), "seq first, big-endian u64"
+
+
 def test_same_block_same_bytes():
     block = make_block(new_chain().tip, capture())
+    c = block.capture
     twin = Block(Header.from_bytes(block.header.to_bytes()), bytes(block.signature),
-                 Capture(*dataclasses.astuple(block.capture)[:3], tuple(block.capture.readings)), str(block.miner_name))
+                 Capture(str(c.relay_id), str(c.substation), bytes(c.relay_key), tuple(c.readings), tuple(c.seals),
+                         c.gap), str(block.miner_name))
     assert twin.encode() == block.encode() and twin.hash == block.hash
 
 
@@ -69,31 +98,47 @@ def test_changing_any_header_field_changes_the_hash(field):
     assert changed.hash() != header.hash()
 
 
+def _flip(value: bytes) -> bytes:
+    return bytes([value[0] ^ 1]) + value[1:]
+
+
 def _change_payload(block: Block, field: str, index: int) -> Block:
     cap = block.capture
     if field == "miner_name":
         return dataclasses.replace(block, miner_name=block.miner_name + "x")
     if field in ("relay_id", "substation"):
         return dataclasses.replace(block, capture=dataclasses.replace(cap, **{field: getattr(cap, field) + "x"}))
-    if field == "openings":
-        return dataclasses.replace(block, capture=dataclasses.replace(cap, openings=cap.openings + 1))
+    if field == "relay_key":
+        return dataclasses.replace(block, capture=dataclasses.replace(cap, relay_key=_flip(cap.relay_key)))
+    if field == "seal_signature":
+        seal = dataclasses.replace(cap.seals[0], signature=_flip(cap.seals[0].signature))
+        return dataclasses.replace(block, capture=dataclasses.replace(cap, seals=(seal,)))
+    if field == "gap":
+        notice = gap_notice(cap.relay_id, cap.readings[0].seq)
+        return dataclasses.replace(block, capture=dataclasses.replace(cap, gap=notice))
     if field == "drop":
         return dataclasses.replace(block, capture=dataclasses.replace(cap, readings=cap.readings[:-1]))
     old = cap.readings[index]
     value = getattr(old, field)
-    new = dataclasses.replace(old, **{field: value + 1 if field == "timestamp_ms" else value * 0.999})
+    if field == "flags":
+        new_value = value ^ GATEWAY_TIME_FLAG
+    elif isinstance(value, int):
+        new_value = value + 1
+    else:
+        new_value = value * 0.999
+    new = dataclasses.replace(old, **{field: new_value})
     readings = cap.readings[:index] + (new,) + cap.readings[index + 1:]
     return dataclasses.replace(block, capture=dataclasses.replace(cap, readings=readings))
 
 
-PAYLOAD_FIELDS = ["miner_name", "relay_id", "substation", "openings", "drop", *READING_FIELDS]
+PAYLOAD_FIELDS = ["miner_name", "relay_id", "substation", "relay_key", "seal_signature", "gap", "drop", *ROW_FIELDS]
 
 
 @pytest.mark.parametrize("field", PAYLOAD_FIELDS)
 def test_changing_any_payload_field_breaks_the_root(field):
     chain = new_chain()
     block = make_block(chain.tip, capture())
-    for index in (0, 3, 5) if field in READING_FIELDS else (0,):
+    for index in (0, 3, 5) if field in ROW_FIELDS else (0,):
         tampered = _change_payload(block, field, index)
         assert tampered.hash == block.hash  # the header is untouched...
         with pytest.raises(RuleViolation) as caught:
@@ -101,7 +146,8 @@ def test_changing_any_payload_field_breaks_the_root(field):
         assert caught.value.reason == "bad-root"
         with pytest.raises(RuleViolation) as caught:
             chain.add(tampered, 2**62)
-        assert caught.value.reason in ("bad-root", "bad-reading")  # a later timestamp may unsort them
+        # A changed seq or a dropped row no longer fits its seal, which is checked first.
+        assert caught.value.reason in ("bad-root", "bad-seal")
 
 
 def test_swapping_readings_breaks_the_root():
@@ -111,9 +157,9 @@ def test_swapping_readings_breaks_the_root():
 
 
 def test_metadata_fields_cannot_be_shifted():
-    """Length-prefixed labels: moving characters between relay id and substation changes the root."""
-    a = Capture("relay-1", "North", 0, ())
-    b = Capture("relay-1N", "orth", 0, ())
+    """Moving characters between relay id and substation changes the root."""
+    a = Capture("relay-1", "North", RELAY_KEY.public_key)
+    b = Capture("relay-1N", "orth", RELAY_KEY.public_key)
     assert payload_root(a, "m") != payload_root(b, "m")
 
 
@@ -134,7 +180,7 @@ plain = st.recursive(
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(plain, min_size=7, max_size=7) | plain)
+@given(st.lists(plain, min_size=9, max_size=9) | plain)
 def test_decode_wrong_shapes_raises_only_decode_errors(fields):
     try:
         Block.decode(msgpack.packb(fields, use_bin_type=True))
@@ -163,26 +209,54 @@ def make_block_cached() -> Block:
     return _cached[0]
 
 
-def test_decode_rejects_wrong_field_types_with_reasons():
+def _bad_flag_row(rows: bytes) -> bytes:
+    row = bytearray(rows[:READING_SIZE])
+    row[24:28] = (1 << 25).to_bytes(4, "big")  # a reserved flag bit
+    return bytes(row) + rows[READING_SIZE:]
+
+
+def test_decode_rejects_wrong_fields_with_reasons():
     good = make_block_cached().to_fields()
+    first_seq, count, signature = good[7][0]
     cases = {
-        "bad-shape": good[:6],
+        "bad-shape": good[:8],
         "bad-type": [good[0], good[1], 5, *good[3:]],
         "bad-signature-size": [good[0], good[1][:63], *good[2:]],
         "bad-header": [good[0][:127], *good[1:]],
-        "bad-readings": [*good[:6], good[6] + b"\x00"],
-        "bad-openings": [*good[:4], -1, *good[5:]],
+        "bad-relay-key": [*good[:4], good[4][:31], *good[5:]],
+        "bad-reading-row": [*good[:6], good[6] + b"\x00", *good[7:]],
+        "bad-reading-flags": [*good[:6], _bad_flag_row(good[6]), *good[7:]],
+        "too-large": [*good[:7], [[first_seq, count, signature]] * (MAX_SEALS_PER_BLOCK + 1), None],
+        "bad-gap-notice": [*good[:8], [1, 2]],
     }
+    bad_seals = {
+        "count short of the rows": [[first_seq, count - 1, signature]],
+        "count past the rows": [[first_seq, count + 1, signature]],
+        "wrong first seq": [[first_seq + 1, count, signature]],
+        "split with a wrong seq": [[first_seq, 2, signature], [first_seq + 3, count - 2, signature]],
+        "zero count": [[first_seq, 0, signature], [first_seq, count, signature]],
+        "short signature": [[first_seq, count, signature[:10]]],
+        "not an array": [first_seq],
+    }
+    for name, seals in bad_seals.items():
+        cases[f"bad-seal ({name})"] = [*good[:7], seals, None]
     for reason, fields in cases.items():
         with pytest.raises(BlockDecodeError) as caught:
             Block.decode(msgpack.packb(fields, use_bin_type=True))
-        assert caught.value.reason == reason
+        assert caught.value.reason == reason.split(" ")[0], (reason, caught.value)
     with pytest.raises(BlockDecodeError) as caught:
         Block.decode(make_block_cached().encode() + b"\x00")
     assert caught.value.reason == "bad-encoding"
-    bool_openings = [*good[:4], True, *good[5:]]
+    bool_count = [*good[:7], [[first_seq, True, signature]], None]
     with pytest.raises(BlockDecodeError):
-        Block.decode(msgpack.packb(bool_openings, use_bin_type=True))
+        Block.decode(msgpack.packb(bool_count, use_bin_type=True))
+
+
+def test_seals_may_split_the_rows():
+    cap = sealed("relay-1", capture(count=7).readings, per_seal=3)
+    assert [s.count for s in cap.seals] == [3, 3, 1]
+    block = make_block(new_chain().tip, cap)
+    assert Block.decode(block.encode()) == block
 
 
 def test_short_hash():

@@ -17,12 +17,14 @@ from gridchain.consensus.merkle import payload_root
 from gridchain.consensus.rules import RuleViolation
 from gridchain.consensus.template import block_template, seal
 
-from .helpers import ALICE, BOB, GENESIS, NOW_MS, PARAMS, Relay, capture, grow, make_block, new_chain
+from tests.support.blocks import (
+    ALICE, BOB, GENESIS, NOW_MS, OTHER_RELAY_KEY, PARAMS, RELAY_KEY, Relay, capture, gap_notice, grow, make_block,
+    new_chain, sealed,
+)
 
 
-def branch_start(chain: Chain, entry: ChainEntry, relay_id: str = "relay-1") -> int:
-    newest = chain.newest_reading_ms(relay_id, entry)
-    return 1_000 if newest is None else newest + 1
+def next_seq(chain: Chain, entry: ChainEntry, relay_id: str = "relay-1") -> int:
+    return (chain.last_seq(relay_id, entry) or 0) + 1
 
 
 def test_new_chain_is_genesis_only():
@@ -30,7 +32,7 @@ def test_new_chain_is_genesis_only():
     assert chain.tip is chain.genesis and chain.height == 0 and len(chain) == 1
     assert chain.genesis_hash == GENESIS.hash and GENESIS.hash in chain
     assert chain.tip.work == 0 and chain.main_at(0) is chain.genesis and chain.main_at(1) is None
-    assert chain.newest_reading_ms("relay-1") is None
+    assert chain.last_seq("relay-1") is None and chain.newest_reading_ms("relay-1") is None
     assert chain.locator() == [GENESIS.hash]
 
 
@@ -60,7 +62,7 @@ def test_side_branch_keeps_tip():
     grow(chain, chain.tip, 3)
     fork = chain.main_at(1)
     tip = chain.tip
-    _, results = grow(chain, fork, 1, Relay(start_ms=branch_start(chain, fork)), "bob", BOB)
+    _, results = grow(chain, fork, 1, Relay.after(chain, fork), "bob", BOB)
     side = results[0]
     assert side.status == "side" and side.connected == () and side.disconnected == ()
     assert chain.tip is tip and not chain.is_main(side.entry) and chain.is_main(fork)
@@ -71,7 +73,7 @@ def test_tie_keeps_first_seen_then_reorg_depth_one():
     chain = new_chain()
     _, first = grow(chain, chain.tip, 3)
     fork = chain.main_at(2)
-    relay = Relay(start_ms=branch_start(chain, fork))
+    relay = Relay.after(chain, fork)
     _, rival = grow(chain, fork, 1, relay, "bob", BOB)
     assert rival[0].status == "side" and rival[0].entry.work == chain.tip.work
     assert chain.tip is first[-1].entry
@@ -99,52 +101,66 @@ def test_reorg_depth_50_and_displaced_readings():
     assert chain.height == 51 and chain.tip is result.entry
     assert all(chain.is_main(r.entry) for r in new + more)
     assert not any(chain.is_main(r.entry) for r in old)
-    assert chain.newest_reading_ms("relay-1") == new_blocks[-1].capture.newest_ms
+    assert chain.last_seq("relay-1") == new_blocks[-1].capture.last_seq == 60
+    assert chain.last_seq("relay-2") == more_blocks[-1].capture.last_seq
     assert chain.newest_reading_ms("relay-2") == more_blocks[-1].capture.newest_ms
 
-    displaced = displaced_readings(list(reversed(old_blocks)), new_blocks + more_blocks)
+    displaced = displaced_readings(list(reversed(old_blocks)), chain.last_seq)
     assert len(displaced) == 1
     expected = [r for b in old_blocks[10:] for r in b.capture.readings]
-    assert displaced[0] == Capture("relay-1", "North", 7, tuple(expected))
+    assert displaced[0] == Capture("relay-1", "North", RELAY_KEY.public_key, tuple(expected),
+                                   tuple(b.capture.seals[0] for b in old_blocks[10:]))
 
 
-def test_displaced_readings_per_relay_and_kept_ones():
-    a, b = Relay("relay-a", openings=1), Relay("relay-b", openings=4)
+def test_displaced_seals_stay_whole_per_relay_and_skip_kept_ones():
+    a, b = Relay("relay-a"), Relay("relay-b", signer=OTHER_RELAY_KEY)
     a1, b1, a2 = a.next(), b.next(), a.next()
-    a2 = Capture("relay-a", "North", 2, a2.readings)  # the counter rose between the two captures
+    b1 = sealed("relay-b", b1.readings, signer=OTHER_RELAY_KEY, per_seal=3)  # two seals of three
     old = [make_block(new_chain().genesis, c) for c in (a1, b1, a2)]
-    # The new branch already holds a1 entirely and the first half of b1.
-    kept = [make_block(new_chain().genesis, a1, "bob", BOB),
-            make_block(new_chain().genesis, Capture("relay-b", "North", 4, b1.readings[:3]), "bob", BOB)]
+    # The new branch holds a1 entirely and relay-b up to seq 3, the end of b1's first seal.
+    kept = {"relay-a": a1.last_seq, "relay-b": 3}.get
     displaced = displaced_readings(old, kept)
-    assert displaced == [Capture("relay-a", "North", 2, a2.readings), Capture("relay-b", "North", 4, b1.readings[3:])]
-    assert displaced_readings([], kept) == [] and displaced_readings(old[:1], old[:1]) == []
+    assert displaced == [Capture("relay-b", "North", OTHER_RELAY_KEY.public_key, b1.readings[3:], b1.seals[1:]),
+                         Capture("relay-a", "North", RELAY_KEY.public_key, a2.readings, a2.seals)]
+    # A seal only partly on the new branch comes back whole: the capture task decides.
+    assert displaced_readings(old[1:2], {"relay-b": 4}.get)[0].seals == b1.seals[1:]
+    assert displaced_readings([], kept) == [] and displaced_readings(old[:1], kept) == []
 
 
-def test_newest_reading_per_relay_per_branch():
+def test_displaced_runs_start_a_segment_at_each_gap_notice():
+    relay = Relay("relay-1")
+    first = relay.next()
+    restarted = capture(start_seq=500, gap=gap_notice("relay-1", 500))
+    after = capture(start_seq=506)
+    old = [make_block(new_chain().genesis, c) for c in (first, restarted, after)]
+    segments = displaced_readings(old, lambda relay_id: None)
+    assert [(s.first_seq, s.last_seq, s.gap) for s in segments] == [(1, 6, None), (500, 511, restarted.gap)]
+    # A notice the new branch has passed is not handed back.
+    assert [s.gap for s in displaced_readings(old, {"relay-1": 502}.get)] == [None]
+
+
+def test_last_seq_and_relay_key_per_relay_per_branch():
     chain = new_chain()
-    grow(chain, chain.tip, 4, Relay(openings=2))
+    grow(chain, chain.tip, 4, Relay())
     fork = chain.main_at(2)
-    _, side = grow(chain, fork, 1, Relay(start_ms=branch_start(chain, fork), openings=9), "bob", BOB)
+    _, side = grow(chain, fork, 1, Relay.after(chain, fork), "bob", BOB)
     side_entry = side[0].entry
-    assert chain.newest_reading_ms("relay-1", side_entry) == side_entry.newest_ms
-    assert chain.newest_openings("relay-1", side_entry) == 9
-    assert chain.newest_reading_ms("relay-1", fork) == fork.newest_ms
-    assert chain.newest_reading_ms("relay-1") == chain.tip.newest_ms > side_entry.newest_ms
-    assert chain.newest_openings("relay-1") == 2
-    assert chain.newest_reading_ms("relay-1", chain.genesis) is None
-    assert chain.newest_reading_ms("nobody") is None
+    assert chain.last_seq("relay-1", side_entry) == side_entry.last_seq == 18
+    assert chain.last_seq("relay-1", fork) == fork.last_seq == 12
+    assert chain.last_seq("relay-1") == chain.tip.last_seq == 24
+    assert chain.newest_reading_ms("relay-1") == chain.tip.newest_ms
+    assert chain.last_seq("relay-1", chain.genesis) is None and chain.last_seq("nobody") is None
+    assert chain.relay_key("relay-1") == RELAY_KEY.public_key and chain.relay_key("nobody") is None
     # A reading on the main chain may still be added on a branch that lacks it.
-    start = branch_start(chain, fork)
-    block = make_block(fork, capture(start_ms=start, openings=2), "carol")
+    block = make_block(fork, capture(start_seq=next_seq(chain, fork)), "carol")
     assert chain.add(block, NOW_MS).status == "side"
 
 
-def brute_newest(entry: ChainEntry, relay_id: str) -> int | None:
+def brute_last_seq(entry: ChainEntry, relay_id: str) -> int | None:
     node = entry
     while node is not None:
-        if node.relay_id == relay_id and node.newest_ms is not None:
-            return node.newest_ms
+        if node.relay_id == relay_id and node.last_seq is not None:
+            return node.last_seq
         node = node.parent
     return None
 
@@ -160,7 +176,7 @@ def test_newest_with_many_relays_grows_the_trie():
         entries.append(parent)
     for entry in entries[::13] + [chain.tip]:
         for relay in relays:
-            assert chain.newest_reading_ms(relay.relay_id, entry) == brute_newest(entry, relay.relay_id)
+            assert chain.last_seq(relay.relay_id, entry) == brute_last_seq(entry, relay.relay_id)
 
 
 def test_relay_trie_is_persistent_at_every_depth():
@@ -186,7 +202,7 @@ def test_fork_choice_matches_a_model(steps):
     for pick, relay_number in steps:
         parent = entries[pick % len(entries)]
         relay_id = f"relay-{relay_number}"
-        cap = capture(relay_id, start_ms=branch_start(chain, parent, relay_id), count=2)
+        cap = capture(relay_id, count=2, start_seq=next_seq(chain, parent, relay_id))
         result = chain.add(make_block(parent, cap), NOW_MS)
         entries.append(result.entry)
         if result.entry.work > expected_tip.work:
@@ -204,7 +220,7 @@ def test_fork_choice_matches_a_model(steps):
     for entry in entries:
         for relay_number in range(3):
             relay_id = f"relay-{relay_number}"
-            assert chain.newest_reading_ms(relay_id, entry) == brute_newest(entry, relay_id)
+            assert chain.last_seq(relay_id, entry) == brute_last_seq(entry, relay_id)
 
 
 def test_unknown_parent_then_children_connect():
@@ -230,7 +246,7 @@ def test_prechecked_skips_only_the_context_free_checks(monkeypatch):
     assert calls == []
     chain.add(blocks[1], NOW_MS)
     assert [args[0] for args in calls] == [blocks[1]]
-    late = make_block(chain.tip, Relay(start_ms=1).next())  # readings older than the branch's
+    late = make_block(chain.tip, Relay().next())  # readings the branch holds already
     with pytest.raises(RuleViolation) as caught:  # and the rules of the branch still apply
         chain.add(late, NOW_MS, prechecked=True)
     assert caught.value.reason == "duplicate-reading"
@@ -240,23 +256,25 @@ def test_add_trusted_rebuilds_the_same_chain():
     chain = new_chain()
     _, main = grow(chain, chain.tip, 6)
     fork = chain.main_at(3)
-    grow(chain, fork, 3, Relay(start_ms=branch_start(chain, fork)), "bob", BOB)
+    grow(chain, fork, 3, Relay.after(chain, fork), "bob", BOB)
     rebuilt = new_chain()
     for entry in sorted((e for e in chain._entries.values() if e.parent is not None), key=lambda e: e.seq):
-        assert rebuilt.add_trusted(entry.header, entry.relay_id, entry.newest_ms, entry.openings).status != "duplicate"
+        added = rebuilt.add_trusted(entry.header, entry.relay_id, entry.last_seq, entry.newest_ms, entry.relay_key)
+        assert added.status != "duplicate"
     assert rebuilt.tip.hash == chain.tip.hash and len(rebuilt) == len(chain)
-    assert rebuilt.newest_reading_ms("relay-1") == chain.newest_reading_ms("relay-1")
-    assert rebuilt.add_trusted(chain.tip.header, "relay-1", 1, 0).status == "duplicate"
-    orphan = make_block(chain.tip, capture(start_ms=10**13))
+    assert rebuilt.last_seq("relay-1") == chain.last_seq("relay-1")
+    assert rebuilt.relay_key("relay-1") == RELAY_KEY.public_key
+    assert rebuilt.add_trusted(chain.tip.header, "relay-1", 1, 1, RELAY_KEY.public_key).status == "duplicate"
+    orphan = make_block(chain.tip, capture(start_seq=100))
     with pytest.raises(RuleViolation):
-        new_chain().add_trusted(orphan.header, "relay-1", 1, 0)
+        new_chain().add_trusted(orphan.header, "relay-1", 1, 1, RELAY_KEY.public_key)
 
 
 def test_undo_takes_back_adds_newest_first():
     chain = new_chain()
     _, main = grow(chain, chain.tip, 3)
     fork = chain.main_at(1)
-    relay = Relay(start_ms=branch_start(chain, fork))
+    relay = Relay.after(chain, fork)
     _, side = grow(chain, fork, 3, relay, "bob", BOB)
     assert [r.status for r in side] == ["side", "side", "reorg"]
     with pytest.raises(ValueError):
@@ -269,7 +287,7 @@ def test_undo_takes_back_adds_newest_first():
     assert chain.tip is main[-2].entry and main[-1].entry.hash not in chain
     with pytest.raises(ValueError):
         chain.undo(main[-1])
-    again = chain.add(make_block(chain.tip, relay.next()), NOW_MS)
+    again = chain.add(make_block(chain.tip, Relay.after(chain, chain.tip).next()), NOW_MS)
     assert again.status == "extended" and chain.height == 3
 
 
@@ -292,7 +310,7 @@ def test_locator_of_a_side_branch_follows_it():
     chain = new_chain()
     grow(chain, chain.tip, 30, Relay(per_block=1))
     fork = chain.main_at(20)
-    _, side = grow(chain, fork, 5, Relay(start_ms=branch_start(chain, fork), per_block=1), "bob", BOB)
+    _, side = grow(chain, fork, 5, Relay.after(chain, fork, per_block=1), "bob", BOB)
     locator = chain.locator(side[-1].entry)
     assert locator[:5] == [r.entry.hash for r in reversed(side)]
     assert [chain.get(h).height for h in locator[5:10]] == [20, 19, 18, 17, 16]
@@ -315,7 +333,7 @@ def test_main_hashes_after():
     assert chain.main_hashes_after(chain.main_at(8), 100) == [b.hash for b in blocks[8:]]
     assert chain.main_hashes_after(chain.tip, 5) == [] and chain.main_hashes_after(chain.genesis, 0) == []
     fork = chain.main_at(6)
-    _, side = grow(chain, fork, 1, Relay(start_ms=branch_start(chain, fork), per_block=1), "bob", BOB)
+    _, side = grow(chain, fork, 1, Relay.after(chain, fork, per_block=1), "bob", BOB)
     assert chain.main_hashes_after(side[0].entry, 2) == [b.hash for b in blocks[6:8]]
 
 
@@ -323,7 +341,7 @@ def test_ancestor():
     chain = new_chain()
     grow(chain, chain.tip, 8, Relay(per_block=1))
     fork = chain.main_at(4)
-    _, side = grow(chain, fork, 3, Relay(start_ms=branch_start(chain, fork), per_block=1), "bob", BOB)
+    _, side = grow(chain, fork, 3, Relay.after(chain, fork, per_block=1), "bob", BOB)
     tip = side[-1].entry
     assert chain.ancestor(tip, 7) is tip and chain.ancestor(tip, 5) is side[0].entry
     assert chain.ancestor(tip, 4) is fork and chain.ancestor(tip, 0) is chain.genesis
@@ -337,7 +355,7 @@ def test_template_and_seal_make_an_acceptable_block():
     chain = new_chain()
     grow(chain, chain.tip, 3)
     parent = chain.tip
-    cap = capture(start_ms=chain.newest_reading_ms("relay-1") + 1)
+    cap = capture(start_seq=chain.last_seq("relay-1") + 1)
     median = chain.median_time_ms(parent)
     slow_clock = block_template(parent, cap, "alice", ALICE.public_key, PARAMS, median - 5_000)
     assert slow_clock.time_ms == median + 1  # a lagging clock still builds a block the rules accept

@@ -16,23 +16,26 @@ from gridchain.cli.commands.output import StreamTable, duration, iso_ms, parse_t
 from gridchain.cli.commands.proof import check_proof, proof_document
 from gridchain.cli.commands.readings import CSV_FIELDS, _Writer, row_to_dict
 from gridchain.config import Address
-from gridchain.consensus.block import BLOCK_VERSION, Block, Capture, Header, Reading
+from gridchain.consensus.block import BLOCK_VERSION, Block, Header
 from gridchain.consensus.merkle import payload_leaves, payload_root, reading_proof
 from gridchain.consensus.pow import mine
-from gridchain.identity.keys import NodeKey
+from gridchain.identity.keys import NodeKey, RelayKey
+from gridchain.identity.network_file import Member, NetworkDocument, RelayEntry
+from tests.support.blocks import RELAY_KEY, reading, sealed
 
 BITS = 6
+MINER = NodeKey.from_seed(bytes([7]) * 32)
+NETWORK = NetworkDocument("substation-7", BITS, (Member("operator", MINER.public_key),),
+                          (RelayEntry("Relay 1", "Test Substation", RELAY_KEY.public_key),))
 
 
-def make_block(readings: int = 5) -> Block:
-    key = NodeKey.generate()
-    capture = Capture("Relay 1", "Test Substation", 2, tuple(
-        Reading(1_795_700_700_000 + 10_000 * i, 115.0 + i, 115.1, 114.9, 400.0, 401.5, 399.0, 60.0, 0.95, 80.0, 12.5)
-        for i in range(readings)))
+def make_block(readings: int = 5, signer: RelayKey = RELAY_KEY, miner: NodeKey = MINER) -> Block:
+    rows = [reading(41 + i, 1_795_700_700_000 + 10_000 * i, openings=2, vab=115.0 + i) for i in range(readings)]
+    capture = sealed("Relay 1", rows, "Test Substation", signer, per_seal=3)  # two seals: 41..43, 44..45
     header = Header(BLOCK_VERSION, 7, b"\x11" * 32, payload_root(capture, "node-5004"), 1_795_700_800_000, BITS,
-                    key.public_key)
+                    miner.public_key)
     header = header.with_nonce(mine(header.prefix(), BITS))
-    return Block(header, key.sign(header.hash()), capture, "node-5004")
+    return Block(header, miner.sign(header.hash()), capture, "node-5004")
 
 
 def proof_for(block: Block, index: int) -> dict:
@@ -101,29 +104,33 @@ def test_gridchaind_bad_flag_exits_2_with_one_line(capsys):
     assert capsys.readouterr().err.strip() == "gridchaind: error: --difficulty: 100 is outside 0..64"
 
 
-def test_python_m_gridchain_knows_the_three_programs():
-    assert set(PROGRAMS) == {"node", "relay", "client"}
+def test_python_m_gridchain_knows_the_programs():
+    assert set(PROGRAMS) == {"node", "relay", "device", "client"}
 
 
 # --- output -----------------------------------------------------------------------------------
 def test_readings_rows_csv_and_json():
-    row = ("Relay 1", 1_795_700_700_000, 115.0, 115.1, 114.9, 400.0, 401.5, 399.0, 60.0, 0.95, 80.0, 12.5, 2, 9,
-           b"\xab" * 32)
+    row = ("Relay 1", 42, 1_795_700_700_000, 2, 0, 115.0, 115.1, 114.9, 400.0, 401.5, 399.0, 60.0, 0.95, 80.0, 12.5,
+           9, b"\xab" * 32)
     as_dict = row_to_dict(row)
-    assert as_dict["relay_id"] == "Relay 1" and as_dict["ia"] == 400.0 and as_dict["height"] == 9
-    assert as_dict["openings"] == 2 and as_dict["block_hash"] == "ab" * 32
+    assert as_dict["relay_id"] == "Relay 1" and as_dict["seq"] == 42 and as_dict["ia"] == 400.0
+    assert as_dict["height"] == 9 and as_dict["openings"] == 2 and as_dict["block_hash"] == "ab" * 32
     out = io.StringIO()
     _Writer("csv", out).write([row_to_dict(row)])
     header, line = out.getvalue().splitlines()
     assert header.split(",") == list(CSV_FIELDS)
-    assert line.startswith("Relay 1,1795700700000,2026-11-26T13:45:00.000Z,115.0,") and line.endswith(",2,9," + "ab" * 32)
+    assert line.startswith("Relay 1,42,1795700700000,2026-11-26T13:45:00.000Z,115.0,")
+    assert line.endswith(",12.5,2,0,9," + "ab" * 32)
     out = io.StringIO()
     _Writer("json", out).write([row_to_dict(row)])
     assert json.loads(out.getvalue()) == as_dict
     out = io.StringIO()
     _Writer("table", out).write([row_to_dict(row)])
     head, body = out.getvalue().splitlines()
-    assert head.split()[:3] == ["RELAY", "TIME", "VAB"] and "2026-11-26T13:45:00.000Z" in body
+    assert head.split()[:4] == ["RELAY", "SEQ", "TIME", "VAB"]
+    assert body.split()[2:4] == ["42", "2026-11-26T13:45:00.000Z"]
+    with pytest.raises(ValueError, match="17 values"):
+        row_to_dict(row[:-1])
 
 
 def test_tables_align_and_stream():
@@ -146,31 +153,64 @@ def test_json_and_durations():
 
 
 # --- proofs -----------------------------------------------------------------------------------
-def test_a_fresh_proof_checks():
+def test_a_fresh_proof_checks_and_carries_the_relays_seal():
     block = make_block()
-    doc = proof_for(block, 3)
+    doc = proof_for(block, 3)  # seq 44: first reading of the second seal
+    second = block.capture.seals[1]
+    assert doc["seal"]["first_seq"] == 44 and doc["seal"]["count"] == 2
+    assert doc["seal"]["signature"] == second.signature.hex()
+    assert len(doc["seal"]["path"]) == 1 and doc["seq"] == 44
     problems, facts = check_proof(doc)
     assert problems == []
     assert facts["timestamp_ms"] == block.capture.readings[3].timestamp_ms and facts["height"] == 7
-    assert facts["hash"] == block.hash.hex() and facts["relay_id"] == "Relay 1"
+    assert facts["hash"] == block.hash.hex() and facts["relay_id"] == "Relay 1" and facts["seq"] == 44
+    assert facts["member"] is None and facts["network"] is None  # no network file: keys not named
+
+
+def test_with_the_network_file_the_check_names_the_relay_and_the_member():
+    problems, facts = check_proof(proof_for(make_block(), 0), NETWORK)
+    assert problems == [] and facts["member"] == "operator" and facts["relay_known"]
 
 
 @pytest.mark.parametrize("tamper, expected", [
-    (lambda d: d["reading"].update(vab=1.0), "readable 'reading' values differ"),
-    (lambda d: d.update(leaf=d["leaf"][:-2] + ("01" if d["leaf"][-2:] != "01" else "02")),
-     "Merkle path does not lead"),
-    (lambda d: d.update(relay_id="Relay 2"), "relay id, substation, openings or miner name"),
-    (lambda d: d["metadata"].update(openings=0), "relay id, substation, openings or miner name"),
-    (lambda d: d.update(timestamp_ms=d["timestamp_ms"] + 1), "the file claims"),
-    (lambda d: d.update(hash="00" * 32), "not to the block hash"),
-    (lambda d: d.update(signature="00" * 64), "signature is not the miner's"),
-    (lambda d: d.update(index=0), "leaf 0 is the capture metadata"),
+    (lambda d: d["reading"].update(vab=1.0), "bad-claim: the readable 'reading' values differ"),
+    (lambda d: d.update(leaf=d["leaf"][:-2] + ("01" if d["leaf"][-2:] != "01" else "02")), "bad-merkle-path"),
+    (lambda d: d.update(leaf=d["leaf"][:-2] + ("01" if d["leaf"][-2:] != "01" else "02")), "bad-relay-signature"),
+    (lambda d: d.update(relay_id="Relay 2"), "bad-metadata"),
+    (lambda d: d["metadata"].update(relay_key="00" * 32), "bad-metadata"),
+    (lambda d: d["seal"].update(signature=d["metadata"]["seals"][1][2]), "bad-relay-signature"),
+    (lambda d: d["seal"].update(first_seq=40), "bad-seal"),
+    (lambda d: d.update(seq=d["seq"] + 1), "bad-claim: the proven reading has seq"),
+    (lambda d: d.update(timestamp_ms=d["timestamp_ms"] + 1), "bad-claim: the proven reading has timestamp_ms"),
+    (lambda d: d.update(hash="00" * 32), "bad-hash"),
+    (lambda d: d.update(signature="00" * 64), "bad-signature: the block signature is not the miner's"),
+    (lambda d: d.update(index=0), "bad-index: leaf 0 is the block's metadata"),
 ])
 def test_a_tampered_proof_fails(tamper, expected):
     doc = proof_for(make_block(), 1)
     tamper(doc)
     problems, _ = check_proof(doc)
-    assert any(expected in p for p in problems), problems
+    assert any(p.startswith(expected) for p in problems), problems
+
+
+def test_a_reading_signed_by_another_key_is_caught_by_the_network_file():
+    # Internally consistent: the forger's key is in the block and signs its seals.
+    forged = proof_for(make_block(signer=RelayKey.from_seed(bytes([66]) * 32)), 2)
+    assert check_proof(forged)[0] == []
+    problems, _ = check_proof(forged, NETWORK)
+    assert [p.split(":")[0] for p in problems] == ["relay-key-mismatch"]
+
+
+@pytest.mark.parametrize("network, expected", [
+    (NetworkDocument("substation-7", BITS, (Member("other", NodeKey.from_seed(bytes([8]) * 32).public_key),),
+                     NETWORK.relays), "not-a-member"),
+    (NetworkDocument("substation-7", BITS, NETWORK.members, (RelayEntry("Relay 9", "X", RELAY_KEY.public_key),)),
+     "unknown-relay"),
+    (NetworkDocument("substation-7", BITS + 1, NETWORK.members, NETWORK.relays), "bad-difficulty"),
+])
+def test_keys_the_network_does_not_list_fail_the_check(network, expected):
+    problems, _ = check_proof(proof_for(make_block(), 0), network)
+    assert [p.split(":")[0] for p in problems] == [expected]
 
 
 def test_a_header_without_work_fails():
@@ -180,19 +220,59 @@ def test_a_header_without_work_fails():
     header[-8:] = (block.header.nonce + 1).to_bytes(8, "big")  # almost surely misses 6 bits
     doc["header"] = header.hex()
     problems, _ = check_proof(doc)
-    assert any("not to the block hash" in p for p in problems)
+    assert any(p.startswith("bad-hash") for p in problems)
 
 
 def test_proof_check_command_exit_codes(tmp_path, capsys):
     good = tmp_path / "good.json"
     good.write_text(json.dumps(proof_for(make_block(), 2)))
+    net = tmp_path / "net.toml"
+    net.write_text(NETWORK.to_toml())
     assert main(["proof", "--check", str(good)]) == 0
-    assert capsys.readouterr().out.startswith("OK: the reading of Relay 1 at 2026-11-26T13:45:20.000Z is in block 7")
+    out = capsys.readouterr().out
+    assert out.startswith("OK: reading seq 43 of Relay 1 at 2026-11-26T13:45:20.000Z is in block 7")
+    assert "not checked against a network file" in out
+    assert main(["proof", "--check", str(good), "--network-file", str(net)]) == 0
+    out = capsys.readouterr().out
+    assert "measured and signed by relay Relay 1 (Test Substation" in out and "seal over seq 41..43" in out
+    assert "mined by member 'operator' of network 'substation-7'" in out
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     assert main(["proof", "--check", str(bad)]) == 1
     assert capsys.readouterr().out.startswith("FAILED: not a proof file")
     assert main(["proof", "--check", str(tmp_path / "missing.json")]) == 2
     assert "cannot read" in capsys.readouterr().err
-    assert main(["--json", "proof", "--check", str(good)]) == 0
-    assert json.loads(capsys.readouterr().out)["ok"] is True
+    assert main(["proof", "--check", str(good), "--network-file", str(tmp_path / "none.toml")]) == 2
+    assert "--network-file" in capsys.readouterr().err
+    assert main(["--json", "proof", "--check", str(good), "--network-file", str(net)]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["ok"] is True and shown["member"] == "operator" and shown["seal"] == {"first_seq": 41, "count": 3}
+
+
+# --- verify: gaps and the offline network --------------------------------------------------------
+def test_verify_lists_the_gaps_a_relay_signed(capsys):
+    from gridchain.cli.commands.verify import gap_row, report
+    from gridchain.ledger.store import Gap
+
+    gap = Gap("Relay 1", 101, 250, 1_795_700_700_000, 1_795_700_800_000, 1_795_700_790_000, 12, b"\xab" * 32)
+    assert report(True, 40, [], "the store", False, [gap_row(gap)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "OK: 40 blocks checked in the store, no problems; 1 gap(s) signed by the relay"
+    assert out[1] == ("  gap  Relay 1: seq 101..250 (150 readings) lost between 2026-11-26T13:45:00.000Z and "
+                      "2026-11-26T13:46:40.000Z; the relay restarted at 2026-11-26T13:46:30.000Z and signed the "
+                      "loss (block 12)")
+    assert report(True, 40, [], "the store", True, [gap_row(gap.as_dict())]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["gaps"][0]["missing"] == 150 and shown["gaps"][0]["first_seq"] == 101
+
+
+def test_verify_offline_takes_the_network_from_its_file(tmp_path, capsys):
+    net = tmp_path / "net.toml"
+    net.write_text(NETWORK.to_toml())
+    (tmp_path / "chain.sqlite3").write_text("")
+    assert main(["verify", "--data-dir", str(tmp_path), "--network-file", str(net), "--network", "x"]) == 2
+    assert "come from the network file" in capsys.readouterr().err
+    assert main(["verify", "--network-file", str(net)]) == 2  # a running node knows its network
+    assert "go with --data-dir" in capsys.readouterr().err
+    assert main(["verify", "--data-dir", str(tmp_path), "--network-file", str(tmp_path / "none.toml")]) == 2
+    assert "no such file" in capsys.readouterr().err

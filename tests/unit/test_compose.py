@@ -2,19 +2,23 @@
 
 Every service's command must parse with the real gridchaind / gridchain-relay / gridchain
 parsers, and every peer and relay address must name a service of the file on the port that
-service listens on.
+service listens on. The init service's command is run for real, each named volume standing
+in as a temporary directory, and the nodes' settings are loaded from the network file it
+wrote there (a node's settings read its network file, so they need one).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 import yaml
 
-from gridchain.cli.commands import build_client_parser
-from gridchain.config import Address
+from gridchain.cli.commands import build_client_parser, main
 from gridchain.cli.settings import load_node_settings, load_relay_settings
+from gridchain.config import Address
+from gridchain.identity.keys import NodeKey
+from gridchain.identity.network_file import load_network_file
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -27,33 +31,96 @@ def command(name: str) -> list[str]:
     return cmd.split() if isinstance(cmd, str) else list(cmd)
 
 
-def node_config(name: str):
-    program, *argv = command(name)
-    assert program == "gridchaind"
-    return load_node_settings(argv, env={})
+def mounts(name: str) -> dict[PurePosixPath, tuple[str, bool]]:
+    """A service's mount points: path -> (named volume, read-only)."""
+    found = {}
+    for spec in SERVICES[name].get("volumes", []):
+        volume, mount, *mode = spec.split(":")
+        assert volume in COMPOSE["volumes"], f"{name}: {volume} is not a declared named volume"
+        found[PurePosixPath(mount)] = (volume, mode == ["ro"])
+    return found
 
 
-def listen_port(name: str) -> int:
-    program, *argv = command(name)
-    if program == "gridchain-relay":
-        return load_relay_settings(argv).port
-    return node_config(name).config.port
+def on_volume(name: str, path: str | Path) -> tuple[str, PurePosixPath]:
+    """(named volume, path inside it) of a path in a service's container."""
+    path = PurePosixPath(path)
+    for mount, (volume, _) in mounts(name).items():
+        if path == mount or mount in path.parents:
+            return volume, path.relative_to(mount)
+    raise AssertionError(f"{name}: {path} is on no named volume, so it would not outlive the container")
+
+
+def on_host(root: Path, name: str, argv: list[str]) -> list[str]:
+    """``argv`` with every container path (a whole argument, or NAME=PATH[@EXTRA]) moved to
+    the directory standing in for its volume under ``root``."""
+    out = []
+    for arg in argv:
+        label, sep, rest = arg.partition("=")
+        if not sep:
+            label, rest = "", arg
+        path, at, extra = rest.partition("@")
+        if path.startswith("/"):
+            volume, inside = on_volume(name, path)
+            arg = f"{label}{sep}{root / volume / inside}{at}{extra}"
+        out.append(arg)
+    return out
+
+
+def init_args():
+    program, *argv = command("init")
+    assert program == "gridchain"
+    args = build_client_parser().parse_args(argv)
+    assert (args.command, args.action) == ("network", "init")
+    return argv, args
+
+
+def flag_value(name: str, flag: str) -> str:
+    argv = command(name)
+    return argv[argv.index(flag) + 1]
+
+
+@pytest.fixture(scope="module")
+def volumes(tmp_path_factory) -> Path:
+    """The named volumes after the init service ran (twice: a rerun must succeed too)."""
+    root = tmp_path_factory.mktemp("volumes")
+    argv, _ = init_args()
+    assert main(on_host(root, "init", argv)) == 0
+    assert main(on_host(root, "init", argv)) == 0
+    return root
+
+
+@pytest.fixture
+def node_settings(volumes):
+    """A node's settings from its compose command; only its network file is read from the stand-in volume."""
+    def load(name: str):
+        program, *argv = command(name)
+        assert program == "gridchaind"
+        at = argv.index("--network-file") + 1
+        argv[at] = on_host(volumes, name, [argv[at]])[0]
+        return load_node_settings(argv, env={})
+    return load
+
+
+def relay_settings():
+    program, *argv = command("relay")
+    assert program == "gridchain-relay"
+    return load_relay_settings(argv)
 
 
 def test_the_expected_services_exist():
-    assert set(SERVICES) == {"relay", "node1", "node2", "node3", "node4"}
+    assert set(SERVICES) == {"init", "relay", "node1", "node2", "node3", "node4"}
 
 
 def test_relay_command_parses():
-    program, *argv = command("relay")
-    assert program == "gridchain-relay"
-    settings = load_relay_settings(argv)
+    settings = relay_settings()
     assert settings.host == "0.0.0.0" and settings.port == 5010 and settings.log_format == "json"
+    assert on_volume("relay", settings.key_file) == ("relay-data", PurePosixPath("relay.key"))
+    assert on_volume("relay", settings.data_dir)[0] == "relay-data"
 
 
 @pytest.mark.parametrize("name", NODES)
-def test_node_command_parses_and_uses_the_prototype_ports(name):
-    settings = node_config(name)
+def test_node_command_parses_and_uses_the_prototype_ports(name, node_settings):
+    settings = node_settings(name)
     config = settings.config
     assert config.host == "0.0.0.0" and config.port == 5003 + int(name[-1])
     assert str(config.data_dir) == "/data" and settings.log_format == "json"
@@ -61,39 +128,83 @@ def test_node_command_parses_and_uses_the_prototype_ports(name):
 
 
 @pytest.mark.parametrize("name", NODES)
-def test_every_peer_and_relay_names_a_service_and_its_port(name):
-    config = node_config(name).config
+def test_every_peer_and_relay_names_a_service_and_its_port(name, node_settings):
+    config = node_settings(name).config
     peers = {a.host for a in config.peers}
     assert peers == set(NODES) - {name}, "each node peers with every other"
     for address in (*config.peers, *config.relays):
         assert address.host in SERVICES, f"{name}: {address} names no service"
-        assert listen_port(address.host) == address.port, f"{name}: {address} is not where {address.host} listens"
+        port = relay_settings().port if address.host == "relay" else node_settings(address.host).config.port
+        assert port == address.port, f"{name}: {address} is not where {address.host} listens"
     assert [a.host for a in config.relays] == ["relay"]
+
+
+def test_init_names_every_node_as_a_member_and_the_relay_by_its_key_file(node_settings):
+    _, args = init_args()
+    members = {}
+    for flag, text in args.members:
+        assert flag == "--member-data-dir"  # keys are made on the volumes, never typed in
+        name, rest = text.split("=", 1)
+        directory, address = rest.split("@")
+        members[name] = (directory, Address.parse(address))
+    assert set(members) == set(NODES)
+    for name, (directory, address) in members.items():
+        config = node_settings(name).config
+        assert config.name == name, "the member name is the node's miner name"
+        assert on_volume("init", directory) == on_volume(name, config.data_dir) == (f"{name}-data", PurePosixPath("."))
+        assert address == Address(name, config.port)
+    ((flag, text),) = args.relays
+    relay = relay_settings()
+    relay_id, key_file = text.split("=", 1)
+    assert flag == "--relay-key-file" and relay_id == relay.relay_id and "@" not in key_file  # default substation
+    assert on_volume("init", key_file) == on_volume("relay", relay.key_file)
+
+
+@pytest.mark.parametrize("name", NODES)
+def test_every_node_reads_the_network_file_init_writes_on_a_read_only_mount(name):
+    _, args = init_args()
+    volume, inside = on_volume("init", args.out)
+    assert on_volume(name, flag_value(name, "--network-file")) == (volume, inside)
+    assert [ro for v, ro in mounts(name).values() if v == volume] == [True], "nodes mount the network volume read-only"
+
+
+def test_the_file_init_writes_names_each_nodes_key_and_the_relays(volumes, node_settings):
+    for name in NODES:
+        config = node_settings(name).config
+        document = load_network_file(config.network_file)
+        assert (config.network, config.difficulty) == (document.name, document.difficulty)
+        key = NodeKey.load(volumes / f"{name}-data" / "node.key")
+        assert document.member(key.public_key).name == name
+    relay = relay_settings()
+    volume, inside = on_volume("relay", relay.key_file)
+    assert document.relay(relay.relay_id).key == NodeKey.load(volumes / volume / inside).public_key
+    assert document.relay(relay.relay_id).substation == relay.substation
 
 
 @pytest.mark.parametrize("name", NODES)
 def test_data_on_a_declared_named_volume(name):
-    volumes = SERVICES[name]["volumes"]
-    (mount,) = [v for v in volumes if v.endswith(":/data")]
-    volume = mount.split(":")[0]
-    assert volume in COMPOSE["volumes"]
-    others = {v.split(":")[0] for other in NODES if other != name for v in SERVICES[other]["volumes"]}
+    volume, inside = on_volume(name, "/data")
+    assert inside == PurePosixPath(".")
+    others = {v for other in NODES if other != name for v, _ in mounts(other).values()}
     assert volume not in others, "nodes must not share a data volume"
 
 
 @pytest.mark.parametrize("name", NODES)
-def test_healthcheck_runs_gridchain_status_against_its_own_port(name):
+def test_healthcheck_runs_gridchain_status_against_its_own_port(name, node_settings):
     test = SERVICES[name]["healthcheck"]["test"]
     assert test[0] == "CMD" and test[1] == "gridchain"
     args = build_client_parser().parse_args(test[2:])
     assert args.command == "status" and args.json
-    assert args.node == Address("127.0.0.1", node_config(name).config.port)
+    assert args.node == Address("127.0.0.1", node_settings(name).config.port)
 
 
-@pytest.mark.parametrize("name", NODES)
-def test_nodes_depend_on_the_relay(name):
+@pytest.mark.parametrize("name", [*NODES, "relay"])
+def test_nodes_and_relay_start_after_init_has_finished(name):
     depends = SERVICES[name]["depends_on"]
-    assert "relay" in (depends if isinstance(depends, list) else list(depends))
+    assert depends["init"] == {"condition": "service_completed_successfully"}
+    if name != "relay":
+        assert "relay" in depends
+    assert SERVICES["init"]["restart"] == "no"
 
 
 def test_dockerfile_basics():
@@ -102,3 +213,6 @@ def test_dockerfile_basics():
     assert "USER gridchain" in text and "EXPOSE 5004-5010" in text
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert ".venv" in ignored and ".git" in ignored
+    for name in ("init", "relay", *NODES):
+        for mount in mounts(name):
+            assert str(mount) in text, f"{mount} must exist in the image, so a fresh volume takes its owner"

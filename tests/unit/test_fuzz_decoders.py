@@ -11,9 +11,6 @@ reaches the deep stages as well as the shallow ones.
 
 from __future__ import annotations
 
-import dataclasses
-
-import msgpack
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -22,12 +19,18 @@ from gridchain.consensus.block import Block, BlockDecodeError, Capture, Header, 
 from gridchain.consensus.params import NetworkParams
 from gridchain.consensus.pow import MAX_BITS
 from gridchain.consensus.rules import RuleViolation
-from gridchain.net.messages import (
+from gridchain.node.port import (
     ALL_MESSAGES, BlockMessage, Blocks, GetBlocks, Hello, MessageError, Ping, Tip, decode_message, encode_message,
 )
 from gridchain.wire.frames import BAD_MSGPACK, EMPTY_FRAME, FRAME_TOO_LARGE, FrameDecoder, FrameError, encode_frame
 
-from .helpers import ALICE, BITS, GENESIS, NOW_MS, PARAMS, Relay, make_block, new_chain
+from gridchain.consensus.params import RelayInfo
+from gridchain.consensus.provenance import GapNotice, Seal
+
+from tests.support.blocks import (
+    ALICE, BITS, GENESIS, NOW_MS, OTHER_RELAY_KEY, PARAMS, RELAY_KEY, Relay, capture as signed_capture, gap_notice,
+    make_block, new_chain,
+)
 
 FRAME_REASONS = {EMPTY_FRAME, FRAME_TOO_LARGE, BAD_MSGPACK}
 MESSAGE_REASONS = {"bad-shape", "unknown-type", "bad-field", "too-many", "bad-block"}
@@ -59,11 +62,11 @@ STREAM = b"".join(encode_frame(encode_message(message)) for message in STREAM_ME
 
 
 def through_rules(block: Block, params: NetworkParams, now_ms: int, parent_height: int, median_ms: int,
-                  newest_ms: int | None, newest_openings: int | None) -> None:
+                  last_seq: int | None, relay_key: bytes | None) -> None:
     """Both groups of rules, as a node runs them; only RuleViolation (a named one) may escape."""
     try:
         rules.check_block(block, params, now_ms)
-        rules.check_context(block, parent_height, median_ms, newest_ms, newest_openings)
+        rules.check_context(block, parent_height, median_ms, last_seq, relay_key)
     except RuleViolation as exc:
         assert exc.reason in rules.REASONS
         str(exc)
@@ -204,23 +207,56 @@ headers = st.builds(Header, version=st.integers(0, 2**32 - 1), height=st.integer
                     time_ms=st.integers(0, 2**64 - 1), bits=st.integers(0, 2**32 - 1),
                     miner_key=st.binary(min_size=32, max_size=32) | st.just(ALICE.public_key),
                     nonce=st.integers(0, 2**64 - 1))
-readings = st.builds(Reading, st.integers(-2**63, 2**63 - 1), *[st.floats()] * 10)
-captures = st.builds(Capture, st.text(max_size=12), st.text(max_size=12), st.integers(0, 2**63 - 1),
-                     st.lists(readings, max_size=5).map(tuple))
+u64 = st.integers(0, 2**64 - 1)
+keys = st.sampled_from([RELAY_KEY.public_key, OTHER_RELAY_KEY.public_key, b"\xff" * 32]) | st.binary(min_size=32,
+                                                                                                       max_size=32)
+
+
+@st.composite
+def noise_captures(draw) -> Capture:
+    """Any rows (flags of any bits, any floats) under seals of any shape and gap notices."""
+    readings = tuple(Reading(draw(u64), draw(st.integers(-2**63, 2**63 - 1)), draw(u64), draw(st.integers(0, 2**32 - 1)),
+                             *draw(st.lists(st.floats(), min_size=10, max_size=10)))
+                     for _ in range(draw(st.integers(0, 5))))
+    seals = tuple(draw(st.lists(st.builds(Seal, u64, st.integers(0, 6), st.binary(min_size=64, max_size=64)),
+                                max_size=3)))
+    gap = draw(st.none() | st.builds(GapNotice, u64, st.integers(-2**63, 2**63 - 1), st.binary(min_size=64, max_size=64)))
+    return Capture(draw(st.text(max_size=12)), draw(st.text(max_size=12)), draw(keys), readings, seals, gap)
+
+
+@st.composite
+def signed_captures(draw) -> Capture:
+    """Really signed readings of relay-1 from any seq, maybe after a gap notice: deep rules."""
+    start = draw(st.integers(1, 2**63))
+    gap = draw(st.none() | st.just(gap_notice("relay-1", start)))
+    return signed_capture(count=draw(st.integers(1, 4)), start_seq=start, gap=gap,
+                          signer=draw(st.sampled_from([RELAY_KEY, OTHER_RELAY_KEY])))
+
+
+captures = noise_captures() | signed_captures()
+NAMED_RELAYS = {"relay-1": RelayInfo(RELAY_KEY.public_key, "North")}
 
 
 @FUZZ
 @given(header=headers, signature=st.binary(min_size=64, max_size=64), capture=captures,
        miner_name=st.text(max_size=12), now_ms=st.integers(0, 2**63 - 1), parent_height=st.integers(0, 2**64),
-       median_ms=st.integers(0, 2**64), newest_ms=st.none() | st.integers(-2**63, 2**63 - 1),
-       openings=st.none() | st.integers(0, 2**63 - 1), members=st.none() | st.just(frozenset({ALICE.public_key})),
+       median_ms=st.integers(0, 2**64), last_seq=st.none() | u64, relay_key=st.none() | keys,
+       members=st.none() | st.just(frozenset({ALICE.public_key})), relays=st.none() | st.just(NAMED_RELAYS),
        bits=st.sampled_from([0, BITS]))
 def test_any_block_that_can_travel_meets_the_rules_or_a_named_violation(
-        header, signature, capture, miner_name, now_ms, parent_height, median_ms, newest_ms, openings, members, bits):
-    block = Block(header, signature, capture, miner_name)
+        header, signature, capture, miner_name, now_ms, parent_height, median_ms, last_seq, relay_key, members,
+        relays, bits):
     try:  # only what survives the wire reaches the rules
-        block = Block.decode(msgpack.packb(block.to_fields(), use_bin_type=True))
+        block = Block.decode(Block(header, signature, capture, miner_name).encode())
     except BlockDecodeError:
         return
-    params = dataclasses.replace(NetworkParams("test", bits), members=members)
-    through_rules(block, params, now_ms, parent_height, median_ms, newest_ms, openings)
+    params = NetworkParams("test", bits, members=members, relays=relays)
+    through_rules(block, params, now_ms, parent_height, median_ms, last_seq, relay_key)
+
+
+@FUZZ
+@given(capture=signed_captures(), last_seq=st.none() | st.integers(0, 2**63), relay_key=st.none() | keys,
+       relays=st.none() | st.just(NAMED_RELAYS))
+def test_real_signed_blocks_reach_every_rule_with_a_named_answer(capture, last_seq, relay_key, relays):
+    block = Block.decode(make_block(new_chain().tip, capture).encode())
+    through_rules(block, NetworkParams("test", BITS, relays=relays), NOW_MS, 0, 0, last_seq, relay_key)

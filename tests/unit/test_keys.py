@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from gridchain.consensus.signing import verify_signature
-from gridchain.identity.keys import KEY_FILE, KeyFileError, NodeKey
+from gridchain.identity.keys import KEY_FILE, RELAY_KEY_FILE, KeyFileError, NodeKey, RelayKey
 
 
 def test_first_start_creates_a_private_key_file(tmp_path):
@@ -115,3 +115,23 @@ def test_a_key_that_cannot_be_written_is_named(tmp_path):
     with pytest.raises(KeyFileError) as caught:
         NodeKey.load_or_create(tmp_path / "no-such-dir")
     assert caught.value.reason == "cannot-create"
+
+
+def test_a_relay_key_file_anywhere_says_whether_it_was_made_now(tmp_path):
+    path = tmp_path / "keys" / RELAY_KEY_FILE
+    path.parent.mkdir()
+    key, created = RelayKey.open_path(path)
+    assert created and isinstance(key, RelayKey) and stat.S_IMODE(path.stat().st_mode) == 0o600
+    again, created = RelayKey.open_path(path)
+    assert not created and again.public_key == key.public_key
+    assert repr(key) == f"RelayKey({key.node_id})"
+    assert NodeKey.load_or_create(tmp_path / "keys", RELAY_KEY_FILE).public_key == key.public_key
+
+
+def test_a_relay_key_readable_by_others_is_refused(tmp_path):
+    path = tmp_path / RELAY_KEY_FILE
+    RelayKey.open_path(path)
+    os.chmod(path, 0o644)
+    with pytest.raises(KeyFileError) as caught:
+        RelayKey.open_path(path)
+    assert caught.value.reason == "insecure-permissions"

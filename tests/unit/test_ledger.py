@@ -17,7 +17,7 @@ from gridchain.consensus.rules import RuleViolation
 from gridchain.ledger.ledger import Ledger, LedgerDamaged
 from gridchain.ledger.store import DB_FILE, StoreError
 
-from .helpers import BOB, NOW_MS, PARAMS, Relay, make_block, new_chain
+from tests.support.blocks import BOB, NOW_MS, PARAMS, Relay, make_block, new_chain
 
 
 def add_line(ledger: Ledger, count: int, relay: Relay, parent=None, **kw) -> list[Block]:
@@ -34,7 +34,7 @@ def snapshot(ledger: Ledger) -> dict:
     return {
         "tip": chain.tip.hash, "height": chain.height, "size": len(chain),
         "main": [chain.main_at(h).hash for h in range(chain.height + 1)],
-        "newest": {r: chain.newest_reading_ms(r) for r in ("relay-1", "relay-2")},
+        "newest": {r: (chain.last_seq(r), chain.newest_reading_ms(r), chain.relay_key(r)) for r in ("relay-1", "relay-2")},
         "work": chain.tip.work,
     }
 
@@ -121,8 +121,11 @@ def test_reorg_returns_the_readings_it_displaced(ledger):
     [capture] = third.displaced
     assert capture.relay_id == "relay-1"
     assert capture.readings == old[1].capture.readings + old[2].capture.readings
+    assert capture.seals == old[1].capture.seals + old[2].capture.seals, "whole seals, as checked on arrival"
+    assert capture.relay_key == old[1].capture.relay_key
     rows, _ = ledger.store.readings_page(relay="relay-1")
-    assert [r[1] for r in rows] == [r.timestamp_ms for r in old[0].capture.readings]
+    assert [r[1] for r in rows] == [r.seq for r in old[0].capture.readings]
+    assert ledger.last_seq("relay-1") == 6
 
 
 def _fail_writes(ledger: Ledger) -> None:
@@ -498,3 +501,48 @@ def test_a_missing_genesis_row_is_damage(forked):
         Ledger.open(path, PARAMS, NOW_MS)
     assert caught.value.height == 0 and "genesis" in caught.value.reason
     assert any("genesis" in p[2] for p in audit_store(path / DB_FILE, PARAMS).problems)
+
+
+# --- provenance in the store -------------------------------------------------------------------
+
+def _forged_on_tip(ledger: Ledger) -> Block:
+    """A block the miner mined and signed properly, over readings the relay never signed."""
+    from tests.support.blocks import OTHER_RELAY_KEY, RELAY_KEY, capture
+
+    seq = ledger.last_seq("relay-1") + 1
+    forged = dataclasses.replace(capture(start_seq=seq, signer=OTHER_RELAY_KEY), relay_key=RELAY_KEY.public_key)
+    return make_block(ledger.tip, forged)
+
+
+def test_a_stored_block_with_a_forged_relay_signature_is_damage(tmp_path):
+    from gridchain.ledger.store import MainChange
+
+    ledger = Ledger.open(tmp_path, PARAMS, NOW_MS)
+    add_line(ledger, 3, Relay("relay-1"))
+    forged = _forged_on_tip(ledger)
+    with pytest.raises(RuleViolation) as caught:
+        ledger.add_block(forged, NOW_MS)
+    assert caught.value.reason == "bad-relay-signature"
+    # Written past the rules, as an edited database would hold it.
+    ledger.store.commit([forged], [MainChange(forged.height - 1, (forged,), forged.hash)])
+    ledger.close()
+    report = audit_store(tmp_path / DB_FILE, PARAMS)
+    assert [(p[1], p[2].split(":")[0]) for p in report.problems][:1] == [(forged.hash.hex(), "bad-relay-signature")]
+    with pytest.raises(LedgerDamaged) as damaged:
+        Ledger.open(tmp_path, PARAMS, NOW_MS)
+    assert "bad-relay-signature" in damaged.value.reason
+
+
+def test_audit_lists_the_gaps_the_relays_signed(ledger):
+    from tests.support.blocks import capture, gap_notice
+
+    add_line(ledger, 2, Relay("relay-1"))
+    restarted = make_block(ledger.tip, capture(start_seq=1_000, start_ms=2_000_000_000_000,
+                                               gap=gap_notice("relay-1", 1_000, 1_999_999_000_000)))
+    ledger.add_block(restarted, NOW_MS)
+    add_line(ledger, 1, Relay("relay-1", start_seq=1_006))
+    report = audit_store(ledger.store.path, PARAMS)
+    assert report.ok
+    [gap] = report.gaps
+    assert (gap.relay_id, gap.first_seq, gap.last_seq, gap.resume_ms) == ("relay-1", 13, 999, 2_000_000_000_000)
+    assert ledger.gaps() == report.gaps

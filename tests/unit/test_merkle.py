@@ -7,10 +7,11 @@ import hashlib
 import pytest
 
 from gridchain.consensus.block import Capture
-from gridchain.consensus.merkle import metadata_leaf, payload_leaves, payload_root, reading_proof
+from gridchain.consensus.merkle import metadata_leaf, payload_leaves, payload_root, reading_leaves, reading_proof
+from gridchain.consensus.provenance import reading_leaf, seal_root
 from gridchain.consensus.tree import inclusion_proof, leaf_hash, merkle_root, node_hash, verify_inclusion
 
-from .helpers import capture
+from tests.support.blocks import RELAY_KEY, capture
 
 
 def reference_root(leaves: list[bytes]) -> bytes:
@@ -109,5 +110,23 @@ def test_payload_root_and_reading_proofs():
 
 
 def test_empty_capture_root_covers_metadata():
-    empty = Capture("relay-1", "North", 0, ())
+    empty = Capture("relay-1", "North", RELAY_KEY.public_key)
     assert payload_root(empty, "alice") == leaf_hash(metadata_leaf(empty, "alice"))
+
+
+def test_reading_leaves_are_the_seal_trees_leaves():
+    """One hash per reading serves the block's payload tree and the relay's seal tree."""
+    cap = capture(count=7)
+    leaves = reading_leaves(cap)
+    assert leaves == [reading_leaf(r) for r in cap.readings]
+    assert merkle_root(leaves) == seal_root(cap.readings)
+    assert payload_root(cap, "alice", leaves) == payload_root(cap, "alice")
+
+
+def test_metadata_leaf_is_canonical_msgpack_of_the_rest():
+    import msgpack
+
+    cap = capture()
+    seal = cap.seals[0]
+    assert msgpack.unpackb(metadata_leaf(cap, "alice")) == [
+        "relay-1", "North", RELAY_KEY.public_key, "alice", [[seal.first_seq, seal.count, seal.signature]], None]

@@ -16,16 +16,17 @@ from hypothesis import strategies as st
 
 from gridchain.consensus.block import Block, Capture, Header, Reading
 from gridchain.consensus.chain import MAX_LOCATOR_HASHES
-from gridchain.net import fields
-from gridchain.net import messages as m
-from gridchain.net.messages import (
+from gridchain.consensus.provenance import GapNotice, Seal, make_flags
+from gridchain.wire import fields
+from gridchain.node import port as m
+from gridchain.node.port import (
     ALL_MESSAGES, CLIENT_REPLIES, CLIENT_REQUESTS, MAX_BLOCKS_PER_MESSAGE, MAX_HEADERS, MAX_LOCATOR,
     MAX_READINGS_PAGE, PEER_MESSAGES, PROTOCOL_VERSION, MessageError, decode_message, encode_message,
     work_to_bytes,
 )
 from gridchain.wire.frames import FrameDecoder, encode_frame
 
-from .helpers import ALICE, GENESIS, capture
+from tests.support.blocks import ALICE, GENESIS, capture, reading
 
 REASONS = {"bad-shape", "unknown-type", "bad-field", "too-many", "bad-block"}
 H = b"\xab" * 32  # a hash-sized value
@@ -54,21 +55,51 @@ i64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 heights = st.integers(min_value=0, max_value=2**63 - 1)
 hashes = st.binary(min_size=32, max_size=32)
 labels = st.text(max_size=30)
+codes = st.text(max_size=16)  # reject codes and error reasons: at most 64 bytes, 4 per code point
 finite = st.floats(allow_nan=False, allow_infinity=False)
 works = st.integers(min_value=0, max_value=2**512 - 1)
 
-readings = st.builds(Reading, i64, *[finite] * 10)
-captures = st.builds(Capture, labels, labels, st.integers(min_value=0, max_value=2**63 - 1),
-                     st.lists(readings, max_size=4).map(tuple))
+seqs = st.integers(min_value=0, max_value=2**63 - 1)  # as the store keeps them
+signatures = st.binary(min_size=64, max_size=64)
+flag_words = st.builds(make_flags, st.lists(st.integers(0, 2), max_size=10), st.booleans())
+
+
+@st.composite
+def readings(draw, seq=None):
+    return Reading(draw(seqs) if seq is None else seq, draw(i64), draw(seqs), draw(flag_words),
+                   *[draw(finite) for _ in range(10)])
+
+
+@st.composite
+def captures(draw):
+    """A capture that decodes: its readings are a run of seqs and the seals split it in order
+    (the signatures are random bytes: decoding checks shape, not signatures)."""
+    count = draw(st.integers(0, 4))
+    first = draw(st.integers(1, 2**63 - 1 - count))
+    rows = tuple(draw(readings(seq=first + i)) for i in range(count))
+    seals, start = [], 0
+    while start < count:
+        step = draw(st.integers(1, count - start))
+        seals.append(Seal(first + start, step, draw(signatures)))
+        start += step
+    gap = draw(st.none() | st.builds(GapNotice, st.just(first), i64, signatures))
+    return Capture(draw(labels), draw(labels), draw(hashes), rows, tuple(seals), gap)
+
+
 headers = st.builds(Header, st.integers(0, 2**32 - 1), u64, hashes, hashes, u64, st.integers(0, 2**32 - 1),
                     hashes, u64)
-blocks = st.builds(Block, headers, st.binary(min_size=64, max_size=64), captures, labels)
+blocks = st.builds(Block, headers, signatures, captures(), labels)
 
 plain_scalars = st.none() | st.booleans() | i64 | finite | labels
 plain_values = st.recursive(plain_scalars, lambda inner: st.lists(inner, max_size=3)
                             | st.dictionaries(labels, inner, max_size=3), max_leaves=10)
-cursors = st.none() | st.tuples(i64, labels)
-row_values = st.tuples(labels, i64, *[finite] * 10, st.integers(0, 2**63 - 1), heights, hashes)
+cursors = st.none() | st.tuples(i64, labels, seqs)
+row_values = st.tuples(labels, seqs, i64, seqs, flag_words, *[finite] * 10, heights, hashes)
+gap_rows = st.builds(
+    lambda relay_id, first, missing, after_ms, resume_ms, boot_ms, height, block_hash: {
+        "relay_id": relay_id, "first_seq": first, "last_seq": first + missing - 1, "missing": missing,
+        "after_ms": after_ms, "resume_ms": resume_ms, "boot_ms": boot_ms, "height": height, "block_hash": block_hash},
+    labels, st.integers(1, 2**62), st.integers(1, 2**62), st.none() | i64, st.none() | i64, i64, heights, hashes)
 header_rows = st.fixed_dictionaries({
     "height": heights, "hash": hashes, "time_ms": u64, "miner_name": labels, "miner_key": hashes,
     "relay_id": labels, "readings": st.integers(0, 10_000), "newest_ms": st.none() | i64})
@@ -83,10 +114,13 @@ def headers_requests(draw):
 @st.composite
 def proof_replies(draw):
     size = draw(st.integers(2, 10_001))
-    return m.ProofReply(draw(st.binary(min_size=128, max_size=128)), draw(st.binary(min_size=88, max_size=88)),
+    row = draw(readings())
+    count = draw(st.integers(1, 10_000))
+    first = draw(st.integers(max(0, row.seq - count + 1), row.seq))
+    return m.ProofReply(draw(st.binary(min_size=128, max_size=128)), row.to_bytes(),
                         draw(st.integers(1, size - 1)), size, tuple(draw(st.lists(hashes, max_size=14))),
-                        draw(heights), draw(hashes), draw(labels), draw(labels), draw(labels),
-                        draw(st.integers(0, 2**63 - 1)))
+                        draw(heights), draw(hashes), draw(labels), draw(labels), draw(labels), draw(hashes),
+                        row.seq, Seal(first, count, draw(signatures)), tuple(draw(st.lists(hashes, max_size=14))))
 
 
 MESSAGES = {
@@ -99,7 +133,7 @@ MESSAGES = {
     m.Blocks: st.builds(m.Blocks, st.lists(blocks, max_size=3).map(tuple), st.booleans()),
     m.Ping: st.builds(m.Ping, u64),
     m.Pong: st.builds(m.Pong, u64),
-    m.Reject: st.builds(m.Reject, labels, labels),
+    m.Reject: st.builds(m.Reject, codes, labels),
     m.StatusRequest: st.just(m.StatusRequest()),
     m.Status: st.builds(m.Status, st.dictionaries(labels, plain_values, max_size=5)),
     m.BlockRequest: st.builds(m.BlockRequest, hash=hashes) | st.builds(m.BlockRequest, height=heights),
@@ -113,11 +147,12 @@ MESSAGES = {
     m.ProofReply: proof_replies(),
     m.VerifyRequest: st.just(m.VerifyRequest()),
     m.VerifyReply: st.builds(m.VerifyReply, st.booleans(), heights, st.lists(
-        st.tuples(heights | st.just(-1), st.sampled_from([b"", H]), labels), max_size=3).map(tuple)),
+        st.tuples(heights | st.just(-1), st.sampled_from([b"", H]), labels), max_size=3).map(tuple),
+        st.lists(gap_rows, max_size=3).map(tuple), st.integers(0, 2**63 - 1)),
     m.Subscribe: st.just(m.Subscribe()),
     m.BlockEvent: st.builds(m.BlockEvent, heights, hashes, labels, labels, st.integers(0, 10_000),
                             st.none() | i64, u64),
-    m.Error: st.builds(m.Error, labels, labels),
+    m.Error: st.builds(m.Error, codes, labels),
 }
 any_message = st.one_of(*MESSAGES.values())
 
@@ -152,7 +187,8 @@ def example_of(cls):
         m.BlockReply: m.BlockReply(BLOCK, 0, True), m.HeadersRequest: m.HeadersRequest(0, 9),
         m.HeadersReply: m.HeadersReply(()), m.ReadingsRequest: m.ReadingsRequest(),
         m.ReadingsReply: m.ReadingsReply((), None), m.ProofRequest: m.ProofRequest("r", 1),
-        m.ProofReply: m.ProofReply(bytes(128), bytes(88), 1, 2, (H,), 1, H, "a", "r", "s", 0),
+        m.ProofReply: m.ProofReply(bytes(128), reading(7).to_bytes(), 1, 2, (H,), 1, H, "a", "r", "s", H, 7,
+                                   Seal(5, 3, bytes(64)), (H, H)),
         m.VerifyReply: m.VerifyReply(True, 1), m.Error: m.Error("not-found"),
         m.BlockEvent: m.BlockEvent(1, H, "a", "r", 6, None, 5),
         m.StatusRequest: m.StatusRequest(), m.VerifyRequest: m.VerifyRequest(), m.Subscribe: m.Subscribe(),
@@ -222,6 +258,13 @@ def hello(**changes) -> list:
 
 NAN = float("nan")
 EXT = msgpack.ExtType(5, b"\x00")
+GAP = {"relay_id": "Relay 1", "first_seq": 101, "last_seq": 250, "missing": 150, "after_ms": 5, "resume_ms": 9,
+       "boot_ms": 8, "height": 12, "block_hash": H}
+
+
+def verify_with_gap(**changes) -> list:
+    return ["verify_reply", {"ok": True, "checked": 1, "problems": [], "gaps": [{**GAP, **changes}],
+                             "gaps_omitted": 0}]
 
 
 @pytest.mark.parametrize("obj, reason, field", [
@@ -276,18 +319,37 @@ EXT = msgpack.ExtType(5, b"\x00")
     (["headers_reply", {"rows": [{"height": 1}]}], "bad-field", "rows[0].hash"),
     (["readings_request", {"relay": None, "since_ms": None, "until_ms": None, "after": [1], "limit": 10}],
      "bad-field", "after"),
-    (["readings_request", {"relay": None, "since_ms": None, "until_ms": None, "after": ["x", 1], "limit": 10}],
+    (["readings_request", {"relay": None, "since_ms": None, "until_ms": None, "after": ["x", "r", 1], "limit": 10}],
      "bad-field", "after[0]"),
+    (["readings_request", {"relay": None, "since_ms": None, "until_ms": None, "after": [1, "r"], "limit": 10}],
+     "bad-field", "after"),  # the old two-item cursor: the seq is what makes a position unique
+    (["readings_request", {"relay": None, "since_ms": None, "until_ms": None, "after": [1, "r", -1], "limit": 10}],
+     "bad-field", "after[2]"),
     (["readings_request", {"relay": None, "since_ms": 2**63, "until_ms": None, "after": None, "limit": 10}],
      "bad-field", "since_ms"),
     (["readings_request", {"relay": None, "since_ms": None, "until_ms": None, "after": None,
                            "limit": MAX_READINGS_PAGE + 1}], "bad-field", "limit"),
-    (["readings_reply", {"rows": [[0] * 15], "next": None}], "bad-field", "rows[0][0]"),
+    (["readings_reply", {"rows": [[0] * 17], "next": None}], "bad-field", "rows[0][0]"),
+    (["readings_reply", {"rows": [["r", 1, *[1.0] * 10, 0, 1, H]], "next": None}], "bad-field", "rows[0]"),  # 15: old
+    (["readings_reply", {"rows": [["r", 1, 1, 0, 3 << 18, *[1.0] * 10, 1, H]], "next": None}],
+     "bad-field", "rows[0][4]"),  # quality code 11 is reserved
+    (["readings_reply", {"rows": [["r", 1, 1, 0, 1 << 25, *[1.0] * 10, 1, H]], "next": None}],
+     "bad-field", "rows[0][4]"),  # a reserved flag bit
+    (["readings_reply", {"rows": [["r", -1, 1, 0, 0, *[1.0] * 10, 1, H]], "next": None}], "bad-field", "rows[0][1]"),
+    (["readings_reply", {"rows": [], "next": [1, "r"]}], "bad-field", "next"),
     (["proof_request", {"relay": "r"}], "bad-field", "timestamp_ms"),
     (["verify_reply", {"ok": True, "checked": 1, "problems": [[1, b"\x00" * 5, "bad-pow"]]}],
      "bad-field", "problems[0][1]"),
     (["verify_reply", {"ok": True, "checked": 1, "problems": [[-2, H, "bad-pow"]]}], "bad-field", "problems[0][0]"),
     (["verify_reply", {"ok": True, "checked": 1, "problems": [[1, H, "x"]] * 1001}], "too-many", "problems"),
+    (["verify_reply", {"ok": True, "checked": 1, "problems": []}], "bad-field", "gaps"),
+    (verify_with_gap(missing=3), "bad-field", "gaps[0].missing"),
+    (verify_with_gap(last_seq=100), "bad-field", "gaps[0].last_seq"),  # before first_seq
+    (verify_with_gap(block_hash=H.hex()), "bad-field", "gaps[0].block_hash"),
+    (verify_with_gap(after_ms=1.5), "bad-field", "gaps[0].after_ms"),
+    (verify_with_gap(relay_id=None), "bad-field", "gaps[0].relay_id"),
+    (["verify_reply", {"ok": True, "checked": 1, "problems": [], "gaps": [GAP] * 1001, "gaps_omitted": 0}],
+     "too-many", "gaps"),
     (["block_event", {"height": 1}], "bad-field", "hash"),
     (["error", {"reason": 5, "detail": ""}], "bad-field", "reason"),
 ])
@@ -319,12 +381,12 @@ def test_a_block_that_fails_to_decode_keeps_its_reason():
     assert error.reason == "bad-block" and "bad-signature-size" in error.detail
     fields = BLOCK_WITH_READINGS.to_fields()
     fields[6] = fields[6][:-1]
-    assert "bad-readings" in refused(["blocks", {"blocks": [fields], "more": False}]).detail
+    assert "bad-reading-row" in refused(["blocks", {"blocks": [fields], "more": False}]).detail
 
 
 @pytest.mark.parametrize("value", [NAN, math.inf, -math.inf, 1, True, None, "1.0"])
 def test_readings_rows_hold_only_finite_floats(value):
-    row = list(encode_message(m.ReadingsReply(((("r", 1, *[1.0] * 10, 0, 1, H)),), None))[1]["rows"][0])
+    row = list(encode_message(m.ReadingsReply(((("r", 1, 1, 0, 0, *[1.0] * 10, 1, H)),), None))[1]["rows"][0])
     assert decode_message(["readings_reply", {"rows": [row], "next": None}]).rows[0][0] == "r"
     row[5] = value
     assert refused(["readings_reply", {"rows": [row], "next": None}]).detail.startswith("rows[0][5]")
@@ -336,6 +398,21 @@ def test_proof_index_must_name_a_reading_leaf():
     assert refused(["proof_reply", {**body, "index": 2, "size": 2}]).detail.startswith("index")
     assert refused(["proof_reply", {**body, "header": bytes(127)}]).detail.startswith("header")
     assert refused(["proof_reply", {**body, "path": [H] * 33}]).reason == "too-many"
+
+
+def test_a_proof_names_the_seal_that_covers_its_reading():
+    body = encode_message(example_of(m.ProofReply))[1]  # the reading is seq 7, under seal 5+3
+    assert through_wire(example_of(m.ProofReply)).seal == Seal(5, 3, bytes(64))
+    assert refused(["proof_reply", {**body, "seq": 6}]).detail.startswith("seq: 6 is not the leaf's seq 7")
+    assert refused(["proof_reply", {**body, "seal": [8, 3, bytes(64)]}]).detail.startswith("seal: 8+3 does not cover")
+    assert refused(["proof_reply", {**body, "seal": [4, 3, bytes(64)]}]).detail.startswith("seal: 4+3 does not cover")
+    assert refused(["proof_reply", {**body, "seal": [5, 0, bytes(64)]}]).detail.startswith("seal[1]")
+    assert refused(["proof_reply", {**body, "seal": [5, 3, bytes(63)]}]).detail.startswith("seal[2]")
+    assert refused(["proof_reply", {**body, "relay_key": bytes(31)}]).detail.startswith("relay_key")
+    assert refused(["proof_reply", {**body, "seal_path": [H] * 33}]).reason == "too-many"
+    bad_flags = bytearray(body["leaf"])
+    bad_flags[24:28] = (1 << 25).to_bytes(4, "big")  # a reserved bit of the signed row's flags
+    assert refused(["proof_reply", {**body, "leaf": bytes(bad_flags)}]).detail.startswith("leaf: reserved bits")
 
 
 def test_status_nesting_is_bounded():
@@ -350,7 +427,7 @@ def test_status_nesting_is_bounded():
 def test_the_field_checks_names_stay_importable_from_messages():
     assert m.MessageError is fields.MessageError
     assert {m.BAD_SHAPE, m.UNKNOWN_TYPE, m.BAD_FIELD, m.TOO_MANY, m.BAD_BLOCK} == REASONS
-    assert m.READINGS_ROW_LENGTH == fields.READINGS_ROW_LENGTH == 15
+    assert m.READINGS_ROW_LENGTH == fields.READINGS_ROW_LENGTH == 17
 
 
 def test_locator_and_path_entries_are_named_by_index():
@@ -375,7 +452,7 @@ def check_contract(obj: object) -> None:
 FIELD_NAMES = sorted({f.name for cls in ALL_MESSAGES for f in dataclasses.fields(cls)} | {"rows", "next"})
 TYPE_NAMES = sorted(cls.TYPE for cls in ALL_MESSAGES)
 scalars = (st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10)
-           | st.binary(max_size=40) | st.sampled_from([H, bytes(64), bytes(88), bytes(128), EXT, b""]))
+           | st.binary(max_size=40) | st.sampled_from([H, bytes(64), bytes(108), bytes(128), EXT, b""]))
 values = st.recursive(
     scalars | st.just(BLOCK.to_fields()),
     lambda inner: st.lists(inner, max_size=16) | st.dictionaries(st.sampled_from(FIELD_NAMES) | st.text(max_size=5),

@@ -3,6 +3,7 @@ refusing another network's file, and failed commits that leave nothing behind.""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sqlite3
 from types import SimpleNamespace
@@ -12,7 +13,9 @@ import pytest
 from gridchain.consensus.genesis import make_genesis
 from gridchain.ledger.store import DB_FILE, MainChange, Store, StoreError, _net_change
 
-from .helpers import BOB, GENESIS, PARAMS, Relay, grow, make_block, new_chain
+from tests.support.blocks import (
+    BOB, GENESIS, PARAMS, RELAY_KEY, Relay, capture, gap_notice, grow, make_block, new_chain, sealed,
+)
 
 
 def extend(block) -> MainChange:
@@ -66,9 +69,10 @@ def test_round_trip(store, line):
     assert store.tip_hash() == blocks[-1].hash
     index = list(store.iter_index())
     assert [row[0] for row in index] == [GENESIS.hash] + [b.hash for b in blocks]
-    hash_, header, relay_id, newest_ms, openings = index[1]
+    hash_, header, relay_id, last_seq, newest_ms, relay_key = index[1]
     assert header == blocks[0].header.to_bytes()
-    assert (relay_id, newest_ms, openings) == ("relay-1", blocks[0].capture.newest_ms, 0)
+    assert (relay_id, last_seq, newest_ms, relay_key) == ("relay-1", 6, blocks[0].capture.newest_ms,
+                                                          RELAY_KEY.public_key)
     assert store.count_blocks() == 7
     count = store.db.execute("SELECT count(*) FROM readings").fetchone()[0]
     assert count == sum(len(b.capture.readings) for b in blocks)
@@ -152,8 +156,9 @@ def test_readings_pages_cover_everything_once_in_order(store, line):
     commit_line(store, blocks)
     everything, _ = store.readings_page(limit=1000)
     assert len(everything) == 36
-    keys = [(r[1], r[0]) for r in everything]
+    keys = [(r[2], r[0], r[1]) for r in everything]
     assert keys == sorted(keys)
+    assert everything[0][:5] == ("relay-1", 1, blocks[0].capture.readings[0].timestamp_ms, 0, 0)
     assert everything[0][-2:] == (1, blocks[0].hash), "each row ends with its block height and hash"
     pages, after = [], None
     while True:
@@ -162,10 +167,51 @@ def test_readings_pages_cover_everything_once_in_order(store, line):
         if after is None:
             break
     assert pages == everything
-    first, last = everything[3][1], everything[10][1]
+    first, last = everything[3][2], everything[10][2]
     ranged, _ = store.readings_page(relay="relay-1", since_ms=first, until_ms=last)
     assert [r[1] for r in ranged] == [r[1] for r in everything[3:11]], "since and until are inclusive"
     assert store.readings_page(relay="nobody") == ([], None)
+
+
+def test_readings_of_one_relay_by_seq(store, line):
+    _, blocks = line
+    commit_line(store, blocks)
+    rows, after = store.relay_readings("relay-1", after_seq=10, limit=5)
+    assert [r[1] for r in rows] == [11, 12, 13, 14, 15] and after == 15
+    rows, after = store.relay_readings("relay-1", after_seq=after, until_seq=20)
+    assert [r[1] for r in rows] == [16, 17, 18, 19, 20] and after is None
+    assert store.reading_location("relay-1", seq=7) == (blocks[1].hash, 2)
+    assert store.reading_location("relay-1", blocks[1].capture.readings[0].timestamp_ms) == (blocks[1].hash, 2)
+    assert store.reading_location("relay-1", seq=99) is None
+
+
+def test_repeated_timestamps_page_without_loss(store):
+    """The relay's clock may repeat a time; seq keeps every row apart."""
+    chain = new_chain()
+    readings = [dataclasses.replace(r, timestamp_ms=5_000) for r in capture(count=9).readings]
+    block = make_block(chain.tip, sealed("relay-1", readings))
+    store.commit([block], [extend(block)])
+    pages, after = [], None
+    while True:
+        rows, after = store.readings_page(after=after, limit=4)
+        pages.extend(rows)
+        if after is None:
+            break
+    assert [r[1] for r in pages] == list(range(1, 10))
+
+
+def test_gaps_the_relay_signed_are_listed(store, line):
+    chain, blocks = line
+    commit_line(store, blocks)
+    notice = gap_notice("relay-1", 100, boot_ms=123)
+    restarted = make_block(chain.tip, capture(start_seq=100, start_ms=9_000_000, gap=notice))
+    chain.add(restarted, 10**15)
+    store.commit([restarted], [extend(restarted)])
+    [gap] = store.gaps()
+    assert (gap.relay_id, gap.first_seq, gap.last_seq, gap.boot_ms) == ("relay-1", 37, 99, 123)
+    assert (gap.after_ms, gap.resume_ms) == (blocks[-1].capture.newest_ms, 9_000_000)
+    assert (gap.height, gap.block_hash) == (7, restarted.hash)
+    assert gap.as_dict()["missing"] == 63
 
 
 def test_readings_view_is_readable_by_people(store, line):

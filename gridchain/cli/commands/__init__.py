@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from gridchain.api.client import NodeUnavailable, RequestFailed
 from gridchain.config import DEFAULT_PORT, Address
-from gridchain.cli.commands import chain, proof, readings, verify
+from gridchain.cli.commands import chain, keys, network, proof, readings, verify
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -53,6 +53,8 @@ def build_client_parser() -> argparse.ArgumentParser:
     readings.register(commands, common)
     verify.register(commands, common)
     proof.register(commands, common)
+    network.register(commands, common)
+    keys.register(commands, common)
     from gridchain.cli import demo  # the demo starts processes; its parser is all that is needed here
 
     demo.register(commands, common)

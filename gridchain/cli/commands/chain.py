@@ -10,10 +10,15 @@ import time
 
 from gridchain.api.client import NodeClient
 from gridchain.consensus.block import HASH_SIZE, Block, short_hash
-from gridchain.cli.commands.output import Column, StreamTable, dumps, duration, iso_ms, table
-from gridchain.cli.commands.readings import reading_table, reading_to_dict
+from gridchain.cli.commands.output import Column, StreamTable, dumps, duration, iso_ms, plural, table
+from gridchain.cli.commands.readings import BreakerMarks, reading_table, reading_to_dict
 
 RECENT_BLOCKS = 20  # `gridchain blocks` with no range shows this many of the newest
+MIN_PREFIX = 4  # hex digits of the shortest hash prefix `block` looks up, as git's minimum
+# A number with this many digits or more is a hash prefix, not a height: the tables print
+# 12-digit hashes, and no chain will reach 10^11 blocks.
+PREFIX_DIGITS = 12
+CANDIDATES_SHOWN = 5  # an ambiguous prefix's error names this many of the blocks it matches
 
 BLOCK_COLUMNS = (
     Column("HEIGHT", 8, lambda r: r["height"], right=True),
@@ -36,7 +41,9 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
     blocks.set_defaults(func=blocks_command)
 
     block = commands.add_parser("block", parents=[common], help="one block in full, by height or hash")
-    block.add_argument("ref", metavar="HASH|HEIGHT", help="a main-chain height or a full 64-hex block hash")
+    block.add_argument("ref", metavar="HASH|HEIGHT", help="a main-chain height, a full 64-hex block hash, or a "
+                       f"unique prefix of at least {MIN_PREFIX} hex digits of a main-chain block's hash (as the "
+                       "tables print them); a number starting with 0 or of 12+ digits is a prefix")
     block.set_defaults(func=block_command)
 
     tail = commands.add_parser("tail", parents=[common], help="print each new block as it arrives (Ctrl-C ends)")
@@ -103,17 +110,56 @@ async def blocks_command(args: argparse.Namespace) -> int:
 
 
 def parse_block_ref(text: str) -> dict:
-    """``{"height": n}`` for a number, ``{"hash": bytes}`` for 64 hex digits; ValueError otherwise."""
+    """``{"height": n}`` for a height, ``{"hash": bytes}`` for 64 hex digits, ``{"prefix": str}``
+    for a shorter hash prefix; ValueError otherwise.
+
+    Heights never start with 0 (but 0 itself) while proof-of-work hashes do, so ``000026934773``
+    is a prefix and ``26`` a height.
+    """
     text = text.strip().lower()
-    if len(text) == 2 * HASH_SIZE:
-        try:
-            return {"hash": bytes.fromhex(text)}
-        except ValueError:
-            pass
-    if text.isdigit():
+    is_hex = bool(text) and all(c in "0123456789abcdef" for c in text)
+    if len(text) == 2 * HASH_SIZE and is_hex:
+        return {"hash": bytes.fromhex(text)}
+    if text.isdigit() and (text == "0" or not text.startswith("0")) and len(text) < PREFIX_DIGITS:
         return {"height": int(text)}
-    raise ValueError(f"{text!r} is neither a height nor a full {2 * HASH_SIZE}-hex block hash "
-                     "(short hashes are for reading, not for lookups)")
+    if is_hex and MIN_PREFIX <= len(text) < 2 * HASH_SIZE:
+        return {"prefix": text}
+    raise ValueError(f"{text!r} is neither a height, a full {2 * HASH_SIZE}-hex block hash nor a hash prefix "
+                     f"of {MIN_PREFIX} to {2 * HASH_SIZE - 1} hex digits")
+
+
+def _hash_bytes(value) -> bytes:
+    return bytes(value) if isinstance(value, (bytes, bytearray)) else bytes.fromhex(str(value))
+
+
+def prefix_matches(prefix: str, rows) -> list[dict]:
+    """The header rows whose hash (bytes or hex) starts with ``prefix``."""
+    return [row for row in rows if _hash_bytes(row["hash"]).hex().startswith(prefix)]
+
+
+def ambiguous_text(prefix: str, matches: list[dict]) -> str:
+    shown = ", ".join(f"{short_hash(_hash_bytes(m['hash']))} (height {m['height']})"
+                      for m in matches[:CANDIDATES_SHOWN])
+    more = f" and {len(matches) - CANDIDATES_SHOWN:,} more" if len(matches) > CANDIDATES_SHOWN else ""
+    return (f"hash prefix {prefix} is ambiguous: {plural(len(matches), 'main-chain block')} match ({shown}{more}); "
+            "give more digits")
+
+
+async def resolve_prefix(node: NodeClient, prefix: str) -> bytes:
+    """The one main-chain block hash starting with ``prefix``; LookupError or ValueError saying why not.
+
+    Every main-chain header is scanned, so a unique answer is known to be unique.
+    """
+    height = int((await node.status())["height"])
+    matches: list[dict] = []
+    async for rows in node.header_pages(0, height):
+        matches += prefix_matches(prefix, rows)
+    if not matches:
+        raise LookupError(f"no main-chain block's hash starts with {prefix} (a side-branch block needs its "
+                          "full hash)")
+    if len(matches) > 1:
+        raise ValueError(ambiguous_text(prefix, sorted(matches, key=lambda m: -m["height"])))
+    return _hash_bytes(matches[0]["hash"])
 
 
 async def block_command(args: argparse.Namespace) -> int:
@@ -123,6 +169,12 @@ async def block_command(args: argparse.Namespace) -> int:
         print(f"gridchain: error: {exc}", file=sys.stderr)
         return 2
     async with NodeClient(args.node, args.timeout) as node:
+        if "prefix" in ref:
+            try:
+                ref = {"hash": await resolve_prefix(node, ref.pop("prefix"))}
+            except (LookupError, ValueError) as exc:
+                print(f"gridchain: error: {exc}", file=sys.stderr)
+                return 1 if isinstance(exc, LookupError) else 2
         reply = await node.block(**ref)
     if reply.block is None:
         print(f"gridchain: {args.node} knows block {args.ref} but does not hold its contents", file=sys.stderr)
@@ -142,7 +194,11 @@ def block_to_dict(block: Block, height: int, main: bool) -> dict:
                    "payload_root": h.payload_root.hex(), "time_ms": h.time_ms, "time": iso_ms(h.time_ms),
                    "bits": h.bits, "miner_key": h.miner_key.hex(), "nonce": h.nonce},
         "signature": block.signature.hex(), "miner_name": block.miner_name,
-        "capture": {"relay_id": c.relay_id, "substation": c.substation, "openings": c.openings,
+        "capture": {"relay_id": c.relay_id, "substation": c.substation, "relay_key": c.relay_key.hex(),
+                    "seals": [{"first_seq": s.first_seq, "count": s.count, "signature": s.signature.hex()}
+                              for s in c.seals],
+                    "gap": None if c.gap is None else {"resume_seq": c.gap.resume_seq, "boot_ms": c.gap.boot_ms,
+                                                       "signature": c.gap.signature.hex()},
                     "readings": [reading_to_dict(r) for r in c.readings]},
     }
 
@@ -154,12 +210,17 @@ def print_block(block: Block, height: int, main: bool, out) -> None:
         ("time", iso_ms(h.time_ms)), ("previous", h.prev_hash.hex()), ("payload root", h.payload_root.hex()),
         ("difficulty", f"{h.bits} bits, nonce {h.nonce}"), ("miner", f"{block.miner_name}  key {h.miner_key.hex()}"),
         ("signature", block.signature.hex()),
-        ("relay", f"{c.relay_id or '-'} at {c.substation}, {c.openings} fault openings"),
-        ("readings", len(c.readings)),
+        ("relay", f"{c.relay_id or '-'} at {c.substation}, key {c.relay_key.hex()}"),
+        ("readings", f"{len(c.readings)}" + (f", seq {c.first_seq}..{c.last_seq}, last openings count "
+                                             f"{c.readings[-1].openings}" if c.readings else "")),
+        ("seals", ", ".join(f"{s.first_seq}..{s.last_seq}" for s in c.seals) or "-"),
+        *([("gap", f"the relay lost readings before seq {c.gap.resume_seq} (restart at {iso_ms(c.gap.boot_ms)})")]
+          if c.gap is not None else []),
     ):
         print(f"  {label:<13} {value}", file=out)
     if c.readings:
-        reading_table(out, indent="  ", with_relay=False).rows(reading_to_dict(r) for r in c.readings)
+        rows = BreakerMarks().mark((reading_to_dict(r) for r in c.readings), c.relay_id)
+        reading_table(out, indent="  ", with_relay=False).rows(rows)
 
 
 async def tail_command(args: argparse.Namespace) -> int:

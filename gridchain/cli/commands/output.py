@@ -8,6 +8,7 @@ so output starts at once and nothing accumulates in memory.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -27,18 +28,41 @@ def iso_ms(ms: int | None) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
 
 
-def parse_time_ms(text: str) -> int:
-    """Milliseconds since the epoch from an integer or an ISO-8601 time (UTC when no zone)."""
+# Units of a relative time (``1h``, ``30m``, ``1h30m``, ``2d``), as journalctl and kubectl take them.
+RELATIVE_UNITS_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+_RELATIVE = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+
+
+def relative_ms(text: str) -> int | None:
+    """``1h`` -> 3,600,000; ``1h30m``, ``-2d`` and ``90s ago`` too; None when not a relative time."""
+    text = text.strip().lower().removesuffix("ago").strip().removeprefix("-")
+    if not text or _RELATIVE.sub("", text):
+        return None
+    return round(sum(float(n) * RELATIVE_UNITS_MS[unit] for n, unit in _RELATIVE.findall(text)))
+
+
+def parse_time_ms(text: str, now_ms: int | None = None) -> int:
+    """Milliseconds since the epoch from an integer, an ISO-8601 time (UTC when no zone), ``now``
+    or a time ago (``1h``, ``30m``, ``2d``, ``90s``: before ``now_ms``, default the clock)."""
     text = text.strip()
     if text.lstrip("-").isdigit():
         return int(text)
+    ago = 0 if text.lower() == "now" else relative_ms(text)
+    if ago is not None:
+        return (round(time.time() * 1000) if now_ms is None else now_ms) - ago
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
-        raise ValueError(f"{text!r} is neither milliseconds nor an ISO-8601 time such as 2026-11-26T13:45:00Z") from None
+        raise ValueError(f"{text!r} is neither milliseconds, an ISO-8601 time such as 2026-11-26T13:45:00Z "
+                         "nor a time ago such as 1h, 30m, 2d or 90s") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     return round(moment.timestamp() * 1000)
+
+
+def plural(count: int, word: str, many: str | None = None) -> str:
+    """``1 reading``, ``2 readings``, ``1,000 readings``: a count with its noun agreeing."""
+    return f"{count:,} {word if count == 1 else many or word + 's'}"
 
 
 def duration(seconds: float) -> str:

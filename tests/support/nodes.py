@@ -1,11 +1,13 @@
-"""Helpers for tests that run real nodes and relays on 127.0.0.1."""
+"""Real nodes and relays run inside the test's own event loop, on 127.0.0.1.
+
+For tests that need a node's internals (its ledger, its gossip) while it runs; tests that
+need separate processes (kills, restarts) use ``cluster`` or ``processes`` instead.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,29 +16,10 @@ from gridchain.node.node import Node
 from gridchain.relay.server import RelayServer
 from gridchain.relay.simulator import RelaySimulator
 
+from .ports import free_port
+from .wait import wait_until
+
 TEST_DIFFICULTY = 8  # 256 expected hashes: real proof of work at test speed
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-async def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02,
-                     what: str = "condition") -> float:
-    """Poll ``predicate`` (plain or async) until it holds; the seconds it took. Fails the
-    test after ``timeout`` seconds."""
-    started = time.monotonic()
-    while True:
-        result = predicate()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return time.monotonic() - started
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(interval)
 
 
 async def start_relay(interval_s: float = 0.1, seed: int = 7, relay_id: str = "Relay 1",
@@ -84,7 +67,7 @@ async def start_node(config: NodeConfig) -> RunningNode:
     stop = asyncio.Event()
     task = asyncio.create_task(node.run(stop))
     running = RunningNode(node, stop, task, config)
-    await wait_until(lambda: node.gossip._server is not None or task.done(), 5.0, what="node listening")
+    await wait_until(lambda: node.listener.listening or task.done(), 5.0, what="node listening")
     if task.done():
         task.result()
     return running

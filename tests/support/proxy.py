@@ -1,4 +1,4 @@
-"""A fault-injecting TCP proxy for partition tests: forward, cut, delay, drop, heal."""
+"""A fault-injecting TCP proxy for partition tests and benchmarks: forward, cut, delay, drop, heal."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ class FaultProxy:
     and refuses new ones until ``heal()``; ``delay_s`` holds each chunk back; each chunk
     resets its connection with probability ``drop_probability`` (the chunk and the rest of
     the stream are lost, as when a flaky link dies). Bytes are never dropped from a live
-    stream: that would be corruption, not a network fault."""
+    stream: that would be corruption, not a network fault. Runs on the caller's event loop."""
 
     def __init__(self, target_port: int, delay_s: float = 0.0, drop_probability: float = 0.0,
                  rng: random.Random | None = None) -> None:
@@ -27,6 +27,7 @@ class FaultProxy:
         self.port = 0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._links: set[asyncio.Task] = set()
 
     async def start(self) -> FaultProxy:
         self._server = await asyncio.start_server(self._client, "127.0.0.1", 0)
@@ -54,14 +55,27 @@ class FaultProxy:
         self.delay_s, self.drop_probability = delay_s, drop_probability
 
     async def close(self) -> None:
+        """Cut every link and wait for their tasks to end (left running, the loop's shutdown
+        would cancel them and asyncio would log a traceback for each)."""
         self.cut()
         if self._server is not None:
             self._server.close()
+        if self._links:
+            await asyncio.wait(self._links, timeout=2)
+        if self._server is not None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(2):
                     await self._server.wait_closed()
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        self._links.add(task)
+        try:
+            await self._forward(reader, writer)
+        finally:
+            self._links.discard(task)
+
+    async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.cut_off:
             writer.transport.abort()
             return

@@ -4,12 +4,13 @@ Crash, partition and soak tests drive it: start N nodes (a full mesh, every link
 through its own fault-injecting proxy), SIGKILL and restart any node, cut the links between
 groups of nodes and heal them, poll each node's status, sample each process's RSS, settle
 the network on one tip, and, once the nodes have stopped (or from a read-only snapshot
-while they run), read every block of every store and audit it.
+while they run), read every block of every store and audit it. The processes themselves
+are started, polled and stopped by ``processes.Processes``, as the benchmarks' are.
 
 The relay (a real RelayServer) and the proxies run in the test's own event loop, so every
 wait here is asynchronous: a blocking ``Popen.wait`` would stall the traffic they carry.
 Keeping the relay in-process lets ``settle`` freeze its feed and release one more batch of
-readings, as the harness's ``settle`` does for in-process nodes.
+readings, as ``nodes.settle`` does for in-process nodes.
 
 Nodes run ``python -m gridchain node`` with the CLI's defaults except ``--redial-max``
 (REDIAL_MAX_S): a healed link closes within that cap of the doubling redial backoff, not
@@ -19,39 +20,30 @@ the default 30 s an operator's node waits at most.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import os
 import random
-import signal
-import socket
 import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gridchain.api.client import NodeClient, NodeUnavailable, RequestFailed
-from gridchain.config import Address
 from gridchain.consensus.block import Block
 from gridchain.consensus.params import NetworkParams
 from gridchain.ledger.audit import AuditReport, audit_store
-from gridchain.relay.server import RelayServer
 from gridchain.ledger.store import DB_FILE
+from gridchain.relay.server import RelayServer
 
-from .harness import start_relay, wait_until
+from .logs import next_event, read_events
+from .nodes import start_relay
+from .ports import listen_port
+from .processes import POLL_S, Proc, Processes, answers, status, wait_status
 from .proxy import FaultProxy
+from .wait import wait_until
 
-REPO = Path(__file__).resolve().parents[2]
 NETWORK = "cluster-net"
 STOP_TIMEOUT_S = 10.0  # SIGTERM to exit: the node's shutdown is bounded well inside this
 START_TIMEOUT_S = 15.0  # interpreter start and imports take ~0.5 s; 2 cores shared by 5 processes
-STATUS_TIMEOUT_S = 2.0  # a healthy node answers status in milliseconds
-POLL_S = 0.05
-EPHEMERAL_LOW = 32768  # Linux's default start of the ephemeral port range
-LISTEN_PORT_SPAN = 12000  # node ports are picked from this many ports below that range
 REDIAL_MAX_S = 2.0  # cap of each node's redial backoff: how long a healed link may stay down
 # Beyond two capture intervals, how long one tip must hold before the network counts as settled.
 QUIET_SLACK_S = 0.5
@@ -68,12 +60,12 @@ class NodeProc:
     data_dir: Path
     log_path: Path
     dials: list[int]  # the ports it is configured to dial (peers directly, or their proxies)
-    proc: subprocess.Popen | None = None
+    proc: Proc | None = None
     starts: int = 0
 
     @property
     def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.proc is not None and self.proc.alive()
 
     @property
     def store_path(self) -> Path:
@@ -111,58 +103,11 @@ def read_store(path: Path) -> StoreSnapshot:
     return StoreSnapshot(tip, main, main_readings, every, len(captures) + 1, set(captures) | {main[0]})
 
 
-def listen_port() -> int:
-    """A free port below the kernel's ephemeral range, for a node that will be restarted.
-
-    A port from ``free_port`` is an ephemeral one: while its node is down, the kernel may
-    hand it to any outgoing connection (a redial, a proxy's upstream, a status poll) as its
-    source port, and the restart then fails with "address already in use".
-    """
-    low = EPHEMERAL_LOW
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    while True:
-        port = random.randrange(max(1024, low - LISTEN_PORT_SPAN), low)
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-
-
 def schedule_seed(variable: str) -> int:
     """A random run's seed: from ``variable`` if set (to replay a run), else a fresh one; printed."""
     seed = int(os.environ.get(variable, time.time_ns() % 1_000_000))
     print(f"seed {seed} ({variable}={seed} replays this run's schedule)")
     return seed
-
-
-def rss_kb(pid: int) -> int | None:
-    """Resident set size of ``pid`` in kB (VmRSS), or None if it has gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def log_events(path: Path, names: Iterable[str] | None = None) -> list[dict]:
-    """The JSON log events in ``path`` (every start of the node appends), optionally by name."""
-    wanted = set(names) if names is not None else None
-    events = []
-    if not path.exists():
-        return events
-    for line in path.read_text(errors="replace").splitlines():
-        if not line.startswith("{"):
-            continue
-        with contextlib.suppress(json.JSONDecodeError):
-            event = json.loads(line)
-            if wanted is None or event.get("event") in wanted:
-                events.append(event)
-    return events
 
 
 class Cluster:
@@ -182,6 +127,7 @@ class Cluster:
         self.tie_breaks = 0  # batches of readings ``settle`` released to break equal-work ties
         self.links: dict[tuple[int, int], FaultProxy] = {}  # (dialler, target) -> proxy
         self.nodes: list[NodeProc] = []
+        self.processes = Processes(root, network, difficulty, stop_timeout_s=STOP_TIMEOUT_S)
 
     # --- starting and stopping -------------------------------------------------------------
     async def start(self) -> Cluster:
@@ -215,39 +161,19 @@ class Cluster:
     def relay_interval_ms(self) -> int:
         return round(self.relay_interval_s * 1000)  # as start_relay makes its simulator
 
-    def node_args(self, node: NodeProc) -> list[str]:
-        args = ["--port", str(node.port), "--data-dir", str(node.data_dir), "--relay", f"127.0.0.1:{self.relay_port}",
-                "--network", self.params.name, "--difficulty", str(self.difficulty),
-                "--capture-interval", str(self.capture_interval_s), "--log-format", "json",
-                "--name", f"n{node.index}", "--redial-max", str(REDIAL_MAX_S)]
-        for port in node.dials:
-            args += ["--peer", f"127.0.0.1:{port}"]
-        return args
-
-    def spawn(self, i: int) -> subprocess.Popen:
+    def spawn(self, i: int) -> Proc:
+        """Start node ``i`` again on its port, data dir and log (appended to)."""
         node = self.nodes[i]
         assert not node.running, f"node {i} is already running"
-        command = [sys.executable, "-m", "gridchain", "node", *self.node_args(node)]
-        with open(node.log_path, "ab") as log_file:  # the child keeps its own descriptor
-            node.proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO)
+        node.proc = self.processes.node(f"n{i}", port=node.port, peers=node.dials, relays=[self.relay_port],
+                                        capture_interval_s=self.capture_interval_s, data_dir=node.data_dir,
+                                        extra=["--redial-max", str(REDIAL_MAX_S)])
         node.starts += 1
         return node.proc
 
     async def wait_ready(self, i: int, timeout: float = START_TIMEOUT_S) -> dict:
         """Wait until node ``i`` answers status; fails early if its process exits."""
-        node = self.nodes[i]
-        info: dict | None = None
-
-        async def answered() -> bool:
-            nonlocal info
-            if not node.running:
-                last = node.log_path.read_text(errors="replace").splitlines()[-3:]
-                raise AssertionError(f"node {i} exited with {node.proc.returncode}; its log ends: {last}")
-            info = await self.status(i)
-            return info is not None
-
-        await wait_until(answered, timeout, POLL_S, what=f"node {i} to answer")
-        return info
+        return await wait_status(self.nodes[i].proc, answers, timeout, f"node {i} to answer")
 
     async def restart(self, i: int) -> dict:
         self.spawn(i)
@@ -257,24 +183,21 @@ class Cluster:
         """SIGKILL node ``i``: no chance to flush, close or log anything."""
         node = self.nodes[i]
         if node.running:
-            node.proc.send_signal(signal.SIGKILL)
-            await wait_exit(node.proc, STOP_TIMEOUT_S)
+            self.processes.kill([node.proc])
 
     async def close(self) -> dict[str, int | None]:
-        """Stop every node (SIGTERM), the relay and the proxies; exit status by name."""
-        codes: dict[str, int | None] = {}
-        for node in self.nodes:
-            if node.proc is not None:
-                codes[f"n{node.index}"] = await terminate(node.proc)
+        """Stop every node (SIGTERM), the relay and the proxies; exit status by name. A node
+        that does not stop within STOP_TIMEOUT_S is killed and fails the test."""
+        codes = await self.processes.stop([node.proc for node in self.nodes if node.proc is not None])
         await self._close_relay_and_links()
+        if self.processes.killed:
+            raise AssertionError(f"{self.processes.killed} did not stop within {STOP_TIMEOUT_S} s of SIGTERM")
         return codes
 
     async def abort(self) -> None:
         """Cleanup after a test, passed or failed: SIGKILL any node still running, close the
         relay and the proxies."""
-        for node in self.nodes:
-            if node.running:
-                await self.kill(node.index)
+        self.processes.kill_all()
         await self._close_relay_and_links()
 
     async def _close_relay_and_links(self) -> None:
@@ -299,11 +222,7 @@ class Cluster:
 
     # --- observing --------------------------------------------------------------------------
     async def status(self, i: int) -> dict | None:
-        try:
-            async with NodeClient(Address("127.0.0.1", self.nodes[i].port), timeout=STATUS_TIMEOUT_S) as client:
-                return await client.status()
-        except (NodeUnavailable, RequestFailed, OSError, TimeoutError):
-            return None
+        return await status(self.nodes[i].port)
 
     async def statuses(self, indexes: Iterable[int] | None = None) -> list[dict | None]:
         indexes = range(self.count) if indexes is None else indexes
@@ -375,7 +294,7 @@ class Cluster:
 
     def rss(self) -> dict[str, int | None]:
         """VmRSS (kB) of every running node, by name."""
-        return {f"n{n.index}": rss_kb(n.proc.pid) if n.running else None for n in self.nodes}
+        return {f"n{n.index}": n.proc.rss_kb() if n.running else None for n in self.nodes}
 
     def snapshot(self, i: int) -> StoreSnapshot:
         return read_store(self.nodes[i].store_path)
@@ -384,29 +303,12 @@ class Cluster:
         return audit_store(self.nodes[i].store_path, self.params)
 
     def events(self, i: int, names: Iterable[str] | None = None) -> list[dict]:
-        return log_events(self.nodes[i].log_path, names)
+        return read_events(self.nodes[i].log_path, names)
 
     async def next_event(self, i: int, names: Iterable[str], timeout: float) -> dict | None:
         """The first event named one of ``names`` that node ``i`` logs from now on (None: none
-        within ``timeout``). Polls the log every few milliseconds, to strike while it happens."""
-        wanted = set(names)
-        path = self.nodes[i].log_path
-        offset = path.stat().st_size if path.exists() else 0
-        deadline = time.monotonic() + timeout
-        buffered = b""
-        while time.monotonic() < deadline:
-            with open(path, "rb") as handle:
-                handle.seek(offset)
-                chunk = handle.read()
-            offset += len(chunk)
-            *lines, buffered = (buffered + chunk).split(b"\n")
-            for line in lines:
-                with contextlib.suppress(json.JSONDecodeError, UnicodeDecodeError):
-                    event = json.loads(line)
-                    if isinstance(event, dict) and event.get("event") in wanted:
-                        return event
-            await asyncio.sleep(0.003)
-        return None
+        within ``timeout``), to strike while it happens."""
+        return await next_event(self.nodes[i].log_path, names, timeout)
 
 
 def check_readings(snapshots: list[StoreSnapshot], interval_ms: int, final: bool) -> list[Reading]:
@@ -448,25 +350,3 @@ def common_prefix(snapshots: list[StoreSnapshot]) -> int:
         if len({s.main[height] for s in snapshots}) > 1:
             return height
     return shortest
-
-
-async def wait_exit(proc: subprocess.Popen, timeout: float) -> int | None:
-    deadline = time.monotonic() + timeout
-    while proc.poll() is None and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
-    return proc.poll()
-
-
-async def terminate(proc: subprocess.Popen | None) -> int | None:
-    """SIGTERM and wait up to STOP_TIMEOUT_S; a process that does not stop is killed and fails."""
-    if proc is None:
-        return None
-    if proc.poll() is not None:
-        return proc.returncode
-    proc.send_signal(signal.SIGTERM)
-    code = await wait_exit(proc, STOP_TIMEOUT_S)
-    if code is None:
-        proc.kill()
-        await wait_exit(proc, STOP_TIMEOUT_S)
-        raise AssertionError(f"pid {proc.pid} did not stop within {STOP_TIMEOUT_S} s of SIGTERM")
-    return code

@@ -8,19 +8,24 @@ field, e.g. ``locator[3]: expected bin of 32 bytes, got bin of 31 bytes``. The d
 describe a foreign value by its type and size, never by echoing it at length.
 
 These run for every field of every frame a node receives, so they stay plain ``type()``
-comparisons with no reflection. gridchain.net.messages builds the messages from them.
+comparisons with no reflection. Both protocols of a node's port build their messages from them
+(gridchain.net.messages, gridchain.api.messages), inside the envelope of gridchain.wire.codec.
 """
 
 from __future__ import annotations
 
+from gridchain.consensus.errors import GridchainError
 from gridchain.consensus.block import HASH_SIZE, KEY_SIZE, MAX_READINGS_PER_BLOCK, MAX_TEXT_BYTES, Block, BlockDecodeError
+from gridchain.consensus.provenance import ProvenanceError, check_flags
 
 MAX_U16 = 2**16 - 1
 MAX_U32 = 2**32 - 1
 MAX_U64 = 2**64 - 1
 I64_MIN, I64_MAX = -(2**63), 2**63 - 1  # relay timestamps are signed 64-bit milliseconds
 MAX_HEIGHT = I64_MAX  # heights and counts are stored as SQLite's signed 64-bit integers
-READINGS_ROW_LENGTH = 15  # relay, timestamp, ten measurements, openings, height, block hash
+# relay, seq, timestamp, openings, flags (the signed row in its order), ten values, height, block hash
+READINGS_ROW_LENGTH = 17
+MAX_STORED_SEQ = I64_MAX  # sequence numbers and openings counters are stored as SQLite's signed 64-bit integers
 
 # The reasons a message is refused (MessageError.reason).
 BAD_SHAPE = "bad-shape"  # not a [type, body] array with a str type and a map body
@@ -33,13 +38,8 @@ MISSING = object()  # what ``body.get`` returns for a field that is not there
 _PLAIN_SCALARS = frozenset({type(None), bool, int, float, str})
 
 
-class MessageError(ValueError):
+class MessageError(GridchainError, ValueError):
     """A decoded frame that is not an acceptable message; ``reason`` is one of the names above."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
 
 
 def describe(value: object) -> str:
@@ -151,15 +151,19 @@ def block_field(fields: object, name: str, index: int | None = None) -> Block:
         raise MessageError(BAD_BLOCK, f"{where}: {exc}") from None
 
 
-def cursor_field(body: dict, name: str) -> tuple[int, str] | None:
-    """A readings keyset cursor ``[timestamp_ms, relay_id]``, or nil."""
+def cursor_field(body: dict, name: str) -> tuple[int, str, int] | None:
+    """A readings keyset cursor ``[timestamp_ms, relay_id, seq]``, or nil.
+
+    The relay's clock may repeat a time, so the seq is what makes a position unique.
+    """
     value = body.get(name, MISSING)
     if value is None:
         return None
-    if type(value) is not list or len(value) != 2:
-        raise wrong(name, value, "[timestamp_ms, relay_id] or nil")
+    if type(value) is not list or len(value) != 3:
+        raise wrong(name, value, "[timestamp_ms, relay_id, seq] or nil")
     return (check_int(value[0], f"{name}[0]", I64_MIN, I64_MAX),
-            check_text(value[1], f"{name}[1]", MAX_TEXT_BYTES))
+            check_text(value[1], f"{name}[1]", MAX_TEXT_BYTES),
+            check_int(value[2], f"{name}[2]", 0, MAX_STORED_SEQ))
 
 
 # --- rows of the operator replies ------------------------------------------------------------
@@ -190,20 +194,28 @@ def header_row(row: object, where: str) -> dict:
 
 
 def readings_row(row: object, index: int) -> tuple:
-    """One readings_reply row of READINGS_ROW_LENGTH values."""
+    """One readings_reply row of READINGS_ROW_LENGTH values: relay_id, the signed row's fields
+    (seq, timestamp_ms, openings, flags, the ten values) and the block's height and hash."""
+    where = f"rows[{index}]"
     if type(row) is not list or len(row) != READINGS_ROW_LENGTH:
-        raise wrong(f"rows[{index}]", row, f"array of {READINGS_ROW_LENGTH}")
-    relay_id, timestamp_ms, *values, openings, height, block_hash = row
-    check_text(relay_id, f"rows[{index}][0]", MAX_TEXT_BYTES)
-    check_int(timestamp_ms, f"rows[{index}][1]", I64_MIN, I64_MAX)
-    for offset, value in enumerate(values, 2):
+        raise wrong(where, row, f"array of {READINGS_ROW_LENGTH}")
+    relay_id, seq, timestamp_ms, openings, flags, *values, height, block_hash = row
+    check_text(relay_id, f"{where}[0]", MAX_TEXT_BYTES)
+    check_int(seq, f"{where}[1]", 0, MAX_STORED_SEQ)
+    check_int(timestamp_ms, f"{where}[2]", I64_MIN, I64_MAX)
+    check_int(openings, f"{where}[3]", 0, MAX_STORED_SEQ)
+    check_int(flags, f"{where}[4]", 0, MAX_U32)
+    try:
+        check_flags(flags)
+    except ProvenanceError as exc:
+        raise MessageError(BAD_FIELD, f"{where}[4]: {exc.detail}") from None
+    for offset, value in enumerate(values, 5):
         # Blocks never hold NaN or infinity (rules.py), so neither may a row read from them.
         if type(value) is not float or value - value != 0.0:
-            raise wrong(f"rows[{index}][{offset}]", value, "a finite float")
-    check_int(openings, f"rows[{index}][12]", 0, I64_MAX)
-    check_int(height, f"rows[{index}][13]", 0, MAX_HEIGHT)
+            raise wrong(f"{where}[{offset}]", value, "a finite float")
+    check_int(height, f"{where}[15]", 0, MAX_HEIGHT)
     if type(block_hash) is not bytes or len(block_hash) != HASH_SIZE:
-        raise wrong(f"rows[{index}][14]", block_hash, "bin of 32 bytes")
+        raise wrong(f"{where}[16]", block_hash, "bin of 32 bytes")
     return tuple(row)
 
 
