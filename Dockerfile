@@ -7,9 +7,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# The pinned, hashed dependencies first (a layer that changes only with the lock), then
+# gridchain itself without dependencies: every image gets the versions the lock names.
+COPY requirements.lock ./
+RUN pip install --require-hashes -r requirements.lock
+COPY pyproject.toml README.md LICENSE ./
 COPY gridchain ./gridchain
-RUN pip install . \
+RUN pip install --no-deps . \
     && rm -rf /src \
     && useradd --create-home --uid 10001 gridchain \
     && mkdir -p /data /network /init/node1 /init/node2 /init/node3 /init/node4 /init/relay \

@@ -8,7 +8,8 @@ their gain is measured in the same run on the same machine. Blocks are built (mi
 signed) outside the timed sections. Reopening is measured in a fresh interpreter so its
 resident memory is the rebuilt chain's alone.
 
-    python bench/bench_store.py      # prints a table, writes bench/results_store.json
+    python bench/bench_store.py                 # prints a table, writes bench/results_store.json
+    BENCH_QUICK=1 python bench/bench_store.py   # shorter runs of the same measurements
 """
 
 from __future__ import annotations
@@ -33,14 +34,15 @@ from gridchain.ledger.ledger import Ledger
 from gridchain.ledger.store import DB_FILE, MainChange, Store
 from tests.support.blocks import Tip, line, tip_of
 
+QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")  # shorter runs, same measurements
 PARAMS = NetworkParams("bench-store", 1)  # proof of work is checked, but costs nothing to make
 READINGS_PER_BLOCK = 6
 NOW_MS = GENESIS_TIME_MS + 10**13
 FSYNC_SECONDS = 1.0  # long enough to average out a disk's write-cache hiccups
-ONE_BY_ONE_BLOCKS = 2_000
+ONE_BY_ONE_BLOCKS = 500 if QUICK else 2_000
 BATCH = 500  # blocks per add_blocks call, about what one sync answer carries
-BATCH_BLOCKS = 10_000
-REOPEN_SIZES = (10_000, 100_000)
+BATCH_BLOCKS = 5_000 if QUICK else 10_000
+REOPEN_SIZES = (10_000, 30_000) if QUICK else (10_000, 100_000)
 RESULTS = Path(__file__).with_name("results_store.json")
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -38,7 +38,10 @@ QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")  # shorter runs, same
 KEEP = os.environ.get("BENCH_KEEP", "") not in ("", "0")  # keep data dirs and logs for a look afterwards
 
 # Synthetic chains (build_chain): one relay, a minute of readings per block as the prototype.
-CHAIN_RELAY = "Relay 1"
+# Not the live relay's id ("Relay 1" by default): that relay signs with its own key and starts
+# its own sequence, so blocks of it on top of a chain built under its id would be refused
+# (relay-key-mismatch); under another id they simply start that relay's sequence.
+CHAIN_RELAY = "Archive relay"
 CHAIN_READINGS = 6
 CHAIN_BATCH = 500  # blocks per add_blocks call: the size of one sync answer
 CHAIN_KEY_SEED = b"\x5b" * 32

@@ -9,9 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5004
+# The operator API listens on a port of its own, by default the peer port plus this (6004),
+# and on 127.0.0.1 only: remote operators come in over TLS with a token (docs/security.md).
+API_PORT_OFFSET = 1000
+DEFAULT_API_HOST = "127.0.0.1"
 DEFAULT_RELAY_PORT = 5010
 DEFAULT_NETWORK = "gridchain-demo"
 # 16 leading zero bits = 65,536 expected hashes: tens of milliseconds on one core, so the
@@ -25,12 +30,37 @@ DEFAULT_MAX_INBOUND = 64
 DEFAULT_BAN_SECONDS = 600.0  # ten minutes: long enough to stop a loop, short enough to forgive a bug
 DEFAULT_REDIAL_MAX_S = 30.0  # cap of the doubling redial delay for configured peers
 DEFAULT_MINING_THREADS = 1
+# A relay id names the relay in every block it is in, whose text fields hold at most 256 bytes.
+MAX_RELAY_ID_BYTES = 200
 
 
 @dataclass(frozen=True, slots=True)
 class Address:
+    """A node's or relay's ``HOST:PORT``; a relay on a shared gateway also has its ``relay_id``."""
+
     host: str
     port: int
+    # Which relay to ask for on a gateway serving several (None: a peer, or a gateway's only relay).
+    relay_id: str | None = None
+
+    @classmethod
+    def parse_relay(cls, text: str) -> Address:
+        """Parse ``HOST:PORT`` or ``HOST:PORT/RELAY_ID``, the id percent-decoded (``Relay%201``)."""
+        where, sep, encoded = text.strip().partition("/")
+        address = cls.parse(where)
+        if not sep:
+            return address
+        try:
+            relay_id = unquote(encoded, errors="strict").strip()
+        except UnicodeDecodeError:
+            raise ValueError(f"bad relay address {text!r}: the relay id is not UTF-8 once percent-decoded") from None
+        if not relay_id:
+            raise ValueError(f"bad relay address {text!r}: nothing after '/' (HOST:PORT/RELAY_ID)")
+        if len(relay_id.encode()) > MAX_RELAY_ID_BYTES:
+            raise ValueError(f"bad relay address {text!r}: relay id longer than {MAX_RELAY_ID_BYTES} bytes")
+        if any(not c.isprintable() for c in relay_id):
+            raise ValueError(f"bad relay address {text!r}: the relay id holds a control character")
+        return cls(address.host, address.port, relay_id)
 
     @classmethod
     def parse(cls, text: str, default_host: str = "127.0.0.1") -> Address:
@@ -48,7 +78,9 @@ class Address:
         return cls(host, port)
 
     def __str__(self) -> str:
-        return f"{self.host}:{self.port}"
+        # Percent-encoded, so the text parses back (parse_relay) to the same address.
+        tail = "" if self.relay_id is None else "/" + quote(self.relay_id, safe="")
+        return f"{self.host}:{self.port}{tail}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +91,7 @@ class NodeConfig:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     peers: tuple[Address, ...] = ()
-    relays: tuple[Address, ...] = ()
+    relays: tuple[Address, ...] = ()  # each with its relay_id when its gateway serves several
     network: str = DEFAULT_NETWORK
     difficulty: int = DEFAULT_DIFFICULTY
     capture_interval_s: float = DEFAULT_CAPTURE_INTERVAL_S
@@ -71,6 +103,16 @@ class NodeConfig:
     ban_seconds: float = DEFAULT_BAN_SECONDS
     mining_threads: int = DEFAULT_MINING_THREADS
     redial_max_s: float = DEFAULT_REDIAL_MAX_S
+    api_host: str = DEFAULT_API_HOST
+    api_port: int | None = None  # None: port + API_PORT_OFFSET; 0: any free port; -1: none (socket only)
+    api_socket: Path | None = None  # also (or only) a Unix socket for the operator API
+
+    @property
+    def operator_port(self) -> int:
+        """The operator API's TCP port (-1: none)."""
+        if self.api_port is None:
+            return self.port + API_PORT_OFFSET if self.port else 0  # an ephemeral peer port: another
+        return self.api_port
 
     @property
     def miner_name(self) -> str:

@@ -1,6 +1,10 @@
 """asyncio client for a node's operator protocol (the requests ``gridchain.api.server`` answers).
 
-One ``NodeClient`` is one TCP connection to a node's port. Requests are answered in order;
+One ``NodeClient`` is one connection to a node's operator port (by default the peer port +
+1000, on 127.0.0.1: 6004), or to its Unix socket (``unix:PATH``). To a node on another host
+it speaks TLS 1.3, pinned to the node's key when one is given (``node_key``,
+``$GRIDCHAIN_NODE_KEY``); a token (``token``, ``$GRIDCHAIN_TOKEN`` or the file named by
+``$GRIDCHAIN_TOKEN_FILE``) opens the session with its role (docs/security.md). Requests are answered in order;
 every await is bounded by a timeout except ``subscribe``, which waits for blocks as long as
 the node keeps the connection. Failures come out as two exception types a caller can turn
 into one line for a person: ``NodeUnavailable`` (no connection, or it broke) and
@@ -10,13 +14,19 @@ into one line for a person: ``NodeUnavailable`` (no connection, or it broke) and
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import socket
+import ssl
 from collections.abc import AsyncIterator, Mapping
 
-from gridchain.config import DEFAULT_PORT, Address
+from gridchain.api.access import AUTH_OK_TYPE, AUTH_TYPE, read_token_file
+from gridchain.config import API_PORT_OFFSET, DEFAULT_PORT, Address
+from gridchain.identity.tls import client_context
+from gridchain.consensus.block import Header
 from gridchain.consensus.errors import GridchainError
 from gridchain.api.messages import (
+    MAX_RAW_HEADERS, FinalityReply, FinalityRequest, RawHeadersReply, RawHeadersRequest,
     MAX_HEADERS, MAX_READINGS_PAGE, BlockEvent, BlockReply, BlockRequest, Error, HeadersReply, HeadersRequest, MessageError, ProofReply,
     ProofRequest, ReadingsReply, ReadingsRequest, Status, StatusRequest, Subscribe, VerifyReply, VerifyRequest,
     decode_message, encode_message,
@@ -25,7 +35,12 @@ from gridchain.wire.streams import ConnectionClosed, close_writer, read_frame, w
 from gridchain.wire.frames import MAX_FRAME_BYTES, FrameError
 
 NODE_ENV = "GRIDCHAIN_NODE"  # the node a client asks when none is named (docker-compose sets it per service)
-DEFAULT_NODE = Address("127.0.0.1", DEFAULT_PORT)
+TOKEN_ENV = "GRIDCHAIN_TOKEN"  # the token itself
+TOKEN_FILE_ENV = "GRIDCHAIN_TOKEN_FILE"  # or a file holding it (e.g. <data-dir>/admin.token)
+NODE_KEY_ENV = "GRIDCHAIN_NODE_KEY"  # the node's key (hex): a TLS session to it is pinned to that key
+DEFAULT_NODE = Address("127.0.0.1", DEFAULT_PORT + API_PORT_OFFSET)
+UNIX_PREFIX = "unix:"
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 DEFAULT_TIMEOUT_S = 5.0  # a node on the LAN answers status in milliseconds; 5 s means trouble
 # A node audits its whole store for `verify`: ~100k blocks a minute or so, so allow an hour.
 VERIFY_TIMEOUT_S = 3600.0
@@ -34,15 +49,67 @@ VERIFY_TIMEOUT_S = 3600.0
 READINGS_PAGE = 1000
 
 
+class SocketAddress(Address):
+    """A node's operator API on a Unix socket (``unix:PATH``); ``host`` holds the path."""
+
+    def __str__(self) -> str:
+        return UNIX_PREFIX + self.host
+
+
+def parse_node(text: str) -> Address:
+    """``HOST:PORT`` (the operator port) or ``unix:PATH``; ValueError naming the problem."""
+    text = text.strip()
+    if text.startswith(UNIX_PREFIX):
+        if not text[len(UNIX_PREFIX):]:
+            raise ValueError(f"bad address {text!r}: no socket path after unix:")
+        return SocketAddress(text[len(UNIX_PREFIX):], 0)
+    return Address.parse(text)
+
+
 def default_node(env: Mapping[str, str] | None = None) -> Address:
-    """``$GRIDCHAIN_NODE`` (HOST:PORT), else 127.0.0.1:5004; ValueError naming the variable if it is bad."""
+    """``$GRIDCHAIN_NODE`` (HOST:PORT or unix:PATH), else 127.0.0.1:6004; ValueError naming the variable if bad."""
     text = (os.environ if env is None else env).get(NODE_ENV, "").strip()
     if not text:
         return DEFAULT_NODE
     try:
-        return Address.parse(text)
+        return parse_node(text)
     except ValueError as exc:
         raise ValueError(f"{NODE_ENV}: {exc}") from None
+
+
+# What the `gridchain` tool's --token-file and --node-key say, for every client it opens
+# (set for one command, so they never outlive it): a token file path and a key's hex.
+ACCESS: contextvars.ContextVar[tuple[str | None, str | None]] = contextvars.ContextVar(
+    "gridchain_client_access", default=(None, None))
+
+
+def default_token(env: Mapping[str, str] | None = None) -> str | None:
+    """The --token-file's, else ``$GRIDCHAIN_TOKEN``, else the first line of ``$GRIDCHAIN_TOKEN_FILE``, else None."""
+    env = os.environ if env is None else env
+    token_file, _ = ACCESS.get()
+    token = env.get(TOKEN_ENV, "").strip() if token_file is None else ""
+    if token:
+        return token
+    path = token_file or env.get(TOKEN_FILE_ENV, "").strip()
+    if path:
+        try:
+            return read_token_file(path) or None
+        except OSError as exc:
+            raise ValueError(f"{TOKEN_FILE_ENV}: {path}: {exc.strerror or exc}") from None
+    return None
+
+
+def default_node_key(env: Mapping[str, str] | None = None) -> bytes | None:
+    text = ACCESS.get()[1] or (os.environ if env is None else env).get(NODE_KEY_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise ValueError(f"{NODE_KEY_ENV}: {text!r} is not a node key (64 hex digits)")
+    return key
 
 
 class NodeUnavailable(Exception):
@@ -61,9 +128,18 @@ class RequestFailed(GridchainError):
 class NodeClient:
     """``async with NodeClient(Address.parse("127.0.0.1:5004")) as node: await node.status()``."""
 
-    def __init__(self, address: Address, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(self, address: Address, timeout: float = DEFAULT_TIMEOUT_S, *, token: str | None = None,
+                 node_key: bytes | None = None, tls: bool | None = None) -> None:
+        """``token``/``node_key`` None: from the environment (see the module); ``tls`` None: TLS
+        to any host but this one's loopback, or whenever ``node_key`` pins the node."""
         self.address = address
         self.timeout = timeout
+        self.token = token if token is not None else default_token()
+        self.node_key = node_key if node_key is not None else default_node_key()
+        is_socket = isinstance(address, SocketAddress)
+        self.tls = (not is_socket and (address.host not in LOOPBACK_HOSTS or self.node_key is not None)
+                    if tls is None else tls)
+        self.role: str | None = None  # what the node granted, once a token was sent
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._unanswered = 0  # requests sent whose answers nobody has read yet (prefetch)
@@ -78,15 +154,48 @@ class NodeClient:
     async def connect(self) -> None:
         try:
             async with asyncio.timeout(self.timeout):
-                self._reader, self._writer = await asyncio.open_connection(self.address.host, self.address.port)
+                if isinstance(self.address, SocketAddress):
+                    self._reader, self._writer = await asyncio.open_unix_connection(self.address.host)
+                elif self.tls:
+                    self._reader, self._writer = await asyncio.open_connection(
+                        self.address.host, self.address.port, ssl=client_context(self.node_key),
+                        server_hostname=self.address.host)
+                else:
+                    self._reader, self._writer = await asyncio.open_connection(self.address.host, self.address.port)
         except TimeoutError:
             raise NodeUnavailable(self.address, f"no answer within {self.timeout:g} s") from None
         except ConnectionRefusedError:
             raise NodeUnavailable(self.address, "connection refused") from None
         except socket.gaierror:
             raise NodeUnavailable(self.address, f"unknown host {self.address.host!r}") from None
+        except ssl.SSLError as exc:
+            raise NodeUnavailable(self.address, f"TLS: {exc.reason or exc}".lower()) from None
         except OSError as exc:
             raise NodeUnavailable(self.address, (exc.strerror or str(exc)).lower()) from None
+        if self.token is not None:
+            await self._authenticate()
+
+    async def _authenticate(self) -> None:
+        """Open the session with the token; RequestFailed (bad-token, ...) if the node refuses it."""
+        try:
+            await write_frame(self._writer, [AUTH_TYPE, {"token": self.token}], self.timeout)
+            reply = await read_frame(self._reader, MAX_FRAME_BYTES, self.timeout)
+        except (ConnectionClosed, ConnectionError) as exc:
+            raise NodeUnavailable(self.address, f"connection lost during auth: {exc}") from None
+        except TimeoutError:
+            raise NodeUnavailable(self.address, f"no answer to auth within {self.timeout:g} s") from None
+        except FrameError as exc:
+            raise RequestFailed("bad-reply", str(exc)) from None
+        if type(reply) is list and len(reply) == 2 and reply[0] == AUTH_OK_TYPE and isinstance(reply[1], dict):
+            self.role = reply[1].get("role")
+            return
+        try:
+            message = decode_message(reply)
+        except MessageError as exc:
+            raise RequestFailed("bad-reply", str(exc)) from None
+        if isinstance(message, Error):
+            raise RequestFailed(message.reason, message.detail)
+        raise RequestFailed("bad-reply", f"expected auth_ok, got {type(message).__name__}")
 
     async def close(self) -> None:
         if self._writer is not None:
@@ -144,6 +253,33 @@ class NodeClient:
 
     async def proof(self, relay: str, timestamp_ms: int) -> ProofReply:
         return await self._request(ProofRequest(relay=relay, timestamp_ms=timestamp_ms), ProofReply)
+
+    async def finality(self, since: int | None = None) -> FinalityReply:
+        """A finalized checkpoint: the newest, or the lowest certified at or above ``since``
+        with the raw headers from ``since`` + 1 up to it (all of them: further pages asked for)."""
+        reply = await self._request(FinalityRequest(since=since), FinalityReply)
+        if since is None:
+            return reply
+        height = Header.from_bytes(reply.header).height
+        headers = list(reply.headers)
+        while since + len(headers) < height:
+            more = await self.raw_headers(since + len(headers) + 1, height)
+            if not more:
+                break
+            headers += more
+        return FinalityReply(reply.header, reply.certificate, reply.note, tuple(headers))
+
+    async def raw_headers(self, start: int, stop: int) -> list[bytes]:
+        """Main-chain 128-byte headers at heights ``start``..``stop``, in pages of MAX_RAW_HEADERS."""
+        headers: list[bytes] = []
+        while start + len(headers) <= stop:
+            first = start + len(headers)
+            page = (await self._request(RawHeadersRequest(start=first, stop=min(stop, first + MAX_RAW_HEADERS - 1)),
+                                        RawHeadersReply)).headers
+            if not page:
+                break
+            headers += page
+        return headers
 
     async def verify(self, timeout: float = VERIFY_TIMEOUT_S) -> VerifyReply:
         """Ask the node to re-check its whole stored chain (slow: minutes on a long chain)."""

@@ -38,6 +38,13 @@ GAP_KEYS = ("relay_id", "first_seq", "last_seq", "missing", "after_ms", "resume_
             "block_hash")
 # Status is a small tree of plain values (node -> peers -> one peer's fields is depth 3).
 MAX_INFO_DEPTH = 8
+# Raw 128-byte headers in one reply (~1.3 MB): what a proof bundle or a consistency check
+# carries between a block and a finalized checkpoint; a longer stretch is asked for in pages.
+MAX_RAW_HEADERS = 10_000
+# A certificate: an 82-byte head and 96 bytes a signer, of at most 1,000 members.
+MAX_CERTIFICATE_BYTES = 82 + 96 * 1000
+MAX_NOTE_BYTES = 1024 + 1000 * 512  # a checkpoint note (gridchain.consensus.finality_note)
+MAX_EVIDENCE = 1000  # one proof per caught member, of at most 1,000 members
 
 
 class EmptyBody:
@@ -306,10 +313,13 @@ class VerifyReply:
     problems: tuple[tuple[int, bytes, str], ...] = ()
     gaps: tuple[dict, ...] = ()
     gaps_omitted: int = 0
+    certificates: int = 0  # finality certificates checked (0 on an open network)
+    evidence: tuple[bytes, ...] = ()  # stored proofs of equivocation (352 bytes each), one per caught member
 
     def to_body(self) -> dict:
         return {"ok": self.ok, "checked": self.checked, "problems": [list(p) for p in self.problems],
-                "gaps": list(self.gaps), "gaps_omitted": self.gaps_omitted}
+                "gaps": list(self.gaps), "gaps_omitted": self.gaps_omitted, "certificates": self.certificates,
+                "evidence": list(self.evidence)}
 
     @classmethod
     def from_body(cls, body: dict) -> VerifyReply:
@@ -317,7 +327,16 @@ class VerifyReply:
         items = list_field(body, "problems", 0, MAX_PROBLEMS)
         problems = tuple([problem_row(item, f"problems[{i}]", MAX_DETAIL) for i, item in enumerate(items)])
         gaps = tuple([gap_row(item, f"gaps[{i}]") for i, item in enumerate(list_field(body, "gaps", 0, MAX_GAPS))])
-        return cls(ok, checked, problems, gaps, int_field(body, "gaps_omitted", 0, I64_MAX))
+        # Older nodes send neither finality field.
+        certificates = int_field(body, "certificates", 0, I64_MAX) if "certificates" in body else 0
+        evidence = ()
+        if "evidence" in body:
+            items = list_field(body, "evidence", 0, MAX_EVIDENCE)
+            for index, item in enumerate(items):
+                if type(item) is not bytes or len(item) != 2 * 176:
+                    raise wrong(f"evidence[{index}]", item, "bin of 352 bytes")
+            evidence = tuple(items)
+        return cls(ok, checked, problems, gaps, int_field(body, "gaps_omitted", 0, I64_MAX), certificates, evidence)
 
 
 def gap_row(row: object, where: str) -> dict:
@@ -362,15 +381,101 @@ class BlockEvent:
     readings: int
     newest_ms: int | None  # the newest reading's timestamp; None for a block without readings
     time_ms: int
+    finalized: int | None = None  # the node's finalized height as the block joined (None: no finality)
 
     def to_body(self) -> dict:
-        return {"height": self.height, "hash": self.hash, "miner_name": self.miner_name,
+        body = {"height": self.height, "hash": self.hash, "miner_name": self.miner_name,
                 "relay_id": self.relay_id, "readings": self.readings, "newest_ms": self.newest_ms,
                 "time_ms": self.time_ms}
+        if self.finalized is not None:
+            body["finalized"] = self.finalized
+        return body
 
     @classmethod
     def from_body(cls, body: dict) -> BlockEvent:
-        return cls(**event_fields(body))
+        finalized = optional_int(body, "finalized", 0, MAX_HEIGHT) if "finalized" in body else None
+        return cls(**event_fields(body), finalized=finalized)
+
+
+@dataclass(frozen=True, slots=True)
+class FinalityRequest:
+    """Ask for a finalized checkpoint: the newest (``since`` nil), or the lowest the node holds a
+    finality certificate for at or above height ``since``, with the main chain's raw headers
+    from ``since`` + 1 up to it (what a proof bundle needs between its block and the checkpoint)."""
+
+    TYPE: ClassVar[str] = "finality_request"
+    since: int | None = None
+
+    def to_body(self) -> dict:
+        return {"since": self.since}
+
+    @classmethod
+    def from_body(cls, body: dict) -> FinalityRequest:
+        return cls(optional_int(body, "since", 0, MAX_HEIGHT) if "since" in body else None)
+
+
+@dataclass(frozen=True, slots=True)
+class FinalityReply:
+    """A finalized checkpoint: its 128-byte header, its finality certificate (the wire form of
+    gridchain.consensus.finality_certs), the same as a signed checkpoint note (the text of
+    gridchain.consensus.finality_note) and the raw headers asked for, oldest first."""
+
+    TYPE: ClassVar[str] = "finality_reply"
+    header: bytes
+    certificate: bytes
+    note: str
+    headers: tuple[bytes, ...] = ()
+
+    def to_body(self) -> dict:
+        return {"header": self.header, "certificate": self.certificate, "note": self.note,
+                "headers": list(self.headers)}
+
+    @classmethod
+    def from_body(cls, body: dict) -> FinalityReply:
+        cert = body.get("certificate", MISSING)
+        if type(cert) is not bytes or len(cert) > MAX_CERTIFICATE_BYTES:
+            raise wrong("certificate", cert, f"bin of at most {MAX_CERTIFICATE_BYTES} bytes")
+        return cls(bin_field(body, "header", HEADER_SIZE), cert, text_field(body, "note", MAX_NOTE_BYTES),
+                   _raw_headers(body, "headers"))
+
+
+@dataclass(frozen=True, slots=True)
+class RawHeadersRequest:
+    """Ask for the main chain's 128-byte headers at heights ``start``..``stop`` (inclusive)."""
+
+    TYPE: ClassVar[str] = "raw_headers_request"
+    start: int
+    stop: int
+
+    def to_body(self) -> dict:
+        return {"start": self.start, "stop": self.stop}
+
+    @classmethod
+    def from_body(cls, body: dict) -> RawHeadersRequest:
+        return cls(int_field(body, "start", 0, MAX_HEIGHT), int_field(body, "stop", 0, MAX_HEIGHT))
+
+
+@dataclass(frozen=True, slots=True)
+class RawHeadersReply:
+    """Main-chain headers, oldest first, at most MAX_RAW_HEADERS (ask again from the next height)."""
+
+    TYPE: ClassVar[str] = "raw_headers_reply"
+    headers: tuple[bytes, ...]
+
+    def to_body(self) -> dict:
+        return {"headers": list(self.headers)}
+
+    @classmethod
+    def from_body(cls, body: dict) -> RawHeadersReply:
+        return cls(_raw_headers(body, "headers"))
+
+
+def _raw_headers(body: dict, name: str) -> tuple[bytes, ...]:
+    items = list_field(body, name, 0, MAX_RAW_HEADERS)
+    for index, item in enumerate(items):
+        if type(item) is not bytes or len(item) != HEADER_SIZE:
+            raise wrong(f"{name}[{index}]", item, f"bin of {HEADER_SIZE} bytes")
+    return tuple(items)
 
 
 @dataclass(frozen=True, slots=True)
@@ -390,8 +495,9 @@ class Error:
 
 
 CLIENT_REQUESTS = (StatusRequest, BlockRequest, HeadersRequest, ReadingsRequest, ProofRequest, VerifyRequest,
-                   Subscribe)
-CLIENT_REPLIES = (Status, BlockReply, HeadersReply, ReadingsReply, ProofReply, VerifyReply, BlockEvent, Error)
+                   FinalityRequest, RawHeadersRequest, Subscribe)
+CLIENT_REPLIES = (Status, BlockReply, HeadersReply, ReadingsReply, ProofReply, VerifyReply, FinalityReply,
+                  RawHeadersReply, BlockEvent, Error)
 HEADER_ROW_KEYS = ("height", "hash", "time_ms", "miner_name", "miner_key", "relay_id", "readings", "newest_ms")
 REQUEST_TYPES = frozenset(cls.TYPE for cls in CLIENT_REQUESTS)
 

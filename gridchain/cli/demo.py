@@ -5,10 +5,11 @@ simulated device (``gridchain-device``) over that protocol: device -> gateway ->
 with the real protocol stacks in between; ``sim`` (the default) is the gateway's built-in
 simulator.
 
-The demo is the secure setup, made for you: before anything starts it makes each node's key
-in its data dir and the relay's key in the relay's, and writes ``network.toml`` naming every
-node as a member and the relay with its key (what ``gridchain network init`` does), so the
-nodes run a closed network (``--network-file``) and accept only readings the relay signed.
+The demo is the secure setup, made for you: the relay starts first and makes its own key
+(so its sequence starts at 1 with no gap notice, as a brand-new relay's does), then the demo
+makes each node's key in its data dir and writes ``network.toml`` naming every node as a
+member and the relay with its key (what ``gridchain network init`` does), so the nodes run
+a closed network (``--network-file``) and accept only readings the relay signed.
 Every program runs as its own child process (``python -m gridchain relay|node``), as it
 would in production, each writing JSON log lines to ``<name>.log`` in the data dir. The
 demo waits until every node answers ``status``, then redraws a view about once a second
@@ -33,9 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gridchain.api.client import NodeClient, NodeUnavailable, RequestFailed
-from gridchain.config import DEFAULT_NETWORK, DEFAULT_PORT, DEFAULT_RELAY_PORT, Address
+from gridchain.config import API_PORT_OFFSET, DEFAULT_NETWORK, DEFAULT_PORT, DEFAULT_RELAY_PORT, Address
 from gridchain.cli.commands.network import write_network_file
-from gridchain.cli.commands.output import iso_ms
+from gridchain.cli.commands.output import iso_ms, plural
 from gridchain.cli.settings import DEFAULT_RELAY_ID, DEFAULT_SUBSTATION
 from gridchain.consensus.block import short_hash
 from gridchain.identity.keys import RELAY_KEY_FILE, NodeKey, RelayKey
@@ -98,6 +99,10 @@ def demo_command(args: argparse.Namespace) -> int:
 
     from gridchain.cli.signals import run_until_signalled
 
+    if args.json:
+        print("gridchain: error: demo has no JSON output; ask its nodes instead "
+              "(gridchain --node 127.0.0.1:PORT status --json)", file=sys.stderr)
+        return 2
     if not 1 <= args.nodes <= 16:
         print("gridchain: error: --nodes must be 1..16", file=sys.stderr)
         return 2
@@ -105,7 +110,8 @@ def demo_command(args: argparse.Namespace) -> int:
     if getattr(args, "protocol", "sim") != "sim" and args.device_port is None:
         args.device_port = args.relay_port + 10
     device_ports = [args.device_port] if getattr(args, "protocol", "sim") != "sim" else []
-    busy = [p for p in [*ports, args.relay_port, *device_ports] if not _port_free(p)]
+    api_ports = [port + API_PORT_OFFSET for port in ports]  # each node's operator API
+    busy = [p for p in [*ports, *api_ports, args.relay_port, *device_ports] if not _port_free(p)]
     if busy:
         print(f"gridchain: error: port {busy[0]} is in use (another demo or node running? try --base-port)",
               file=sys.stderr)
@@ -115,7 +121,9 @@ def demo_command(args: argparse.Namespace) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     result: list[int] = [0]
     try:
-        uvloop.run(run_until_signalled(lambda stop: _run(args, ports, data_dir, stop, result)))
+        # SIGHUP too: a closed terminal must stop the children (they run in sessions of their own).
+        uvloop.run(run_until_signalled(lambda stop: _run(args, ports, data_dir, stop, result),
+                                       (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)))
     finally:
         if temporary:
             shutil.rmtree(data_dir, ignore_errors=True)
@@ -123,7 +131,10 @@ def demo_command(args: argparse.Namespace) -> int:
 
 
 def _port_free(port: int) -> bool:
+    """Nothing listens on ``port``. SO_REUSEADDR as the daemons' listeners set it, so the
+    TIME_WAIT connections of a demo just stopped do not count as in use."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
@@ -135,7 +146,7 @@ def make_network(args: argparse.Namespace, ports: list[int], data_dir: Path) -> 
     """Make (or reuse) every key and write the network file naming them; only public keys leave a dir."""
     members = [Member(f"node-{port}", NodeKey.load_or_create(_node_dir(data_dir, port)).public_key,
                       Address("127.0.0.1", port)) for port in ports]
-    relay_key, _ = RelayKey.open_path(_relay_dir(data_dir) / RELAY_KEY_FILE)
+    relay_key = RelayKey.load(_relay_dir(data_dir) / RELAY_KEY_FILE)  # the relay made it
     document = NetworkDocument(args.network, args.difficulty, tuple(members),
                                (RelayEntry(DEFAULT_RELAY_ID, DEFAULT_SUBSTATION, relay_key.public_key),))
     path = data_dir / NETWORK_FILE
@@ -159,7 +170,6 @@ async def _run(args: argparse.Namespace, ports: list[int], data_dir: Path, stop:
                result: list[int]) -> None:
     children: list[Child] = []
     try:
-        network_file, document = make_network(args, ports, data_dir)
         relay_dir = _relay_dir(data_dir)
         protocol = getattr(args, "protocol", "sim")
         source = []
@@ -179,6 +189,12 @@ async def _run(args: argparse.Namespace, ports: list[int], data_dir: Path, stop:
                                        "--key-file", str(relay_dir / RELAY_KEY_FILE), "--log-format", "json"],
                              data_dir, Address("127.0.0.1", args.relay_port))
         children.append(relay)
+        # A relay that finds a key it did not make but no state of its own must assume it lost
+        # its state, and resumes past the clock with a gap notice: let it make its key itself.
+        if not await _wait_port(args.relay_port, children, stop):
+            result[0] = 1
+            return
+        network_file, document = make_network(args, ports, data_dir)
         for port in ports:
             peers = [arg for other in ports if other != port for arg in ("--peer", f"127.0.0.1:{other}")]
             name = f"node-{port}"
@@ -186,11 +202,11 @@ async def _run(args: argparse.Namespace, ports: list[int], data_dir: Path, stop:
                 "node", "--port", str(port), "--name", name, *peers, "--relay", f"127.0.0.1:{args.relay_port}",
                 "--data-dir", str(_node_dir(data_dir, port)), "--network-file", str(network_file),
                 "--capture-interval", str(args.capture_interval), "--log-format", "json"],
-                data_dir, Address("127.0.0.1", port)))
+                data_dir, Address("127.0.0.1", port + API_PORT_OFFSET)))  # where its operator API answers
         nodes = [c for c in children if c.name.startswith("node-")]
         via = "" if protocol == "sim" else f", reading a {protocol} device on {args.device_port}"
-        print(f"demo: relay on {args.relay_port}{via}, nodes on {ports[0]}-{ports[-1]}, data and logs in {data_dir}",
-              flush=True)
+        print(f"demo: relay on {args.relay_port}{via}, nodes on {ports[0]}-{ports[-1]} (operator API on "
+              f"{ports[0] + API_PORT_OFFSET}-{ports[-1] + API_PORT_OFFSET}), data and logs in {data_dir}", flush=True)
         print(f"demo: network file {network_file} ({len(document.members)} members, relay {DEFAULT_RELAY_ID!r}, "
               f"network hash {document.network_hash().hex()[:16]})", flush=True)
         print("demo: pids " + " ".join(f"{c.name}={c.proc.pid}" for c in children), flush=True)
@@ -265,12 +281,31 @@ async def _wait_until_up(nodes: list[Child], children: list[Child], stop: asynci
     return True
 
 
-async def _status(address: Address) -> dict | None:
+async def _status(address: Address, with_newest: bool = False) -> dict | None:
+    """The node's status; ``with_newest`` adds ``newest_ms``, the newest reading it holds (newest_reading)."""
     try:
         async with NodeClient(address, QUERY_TIMEOUT_S) as node:
-            return await node.status()
+            info = await node.status()
+            if with_newest:
+                height = int(info.get("height", 0))
+                tip_rows = await node.headers(height, height) if height > 0 else []
+                info["newest_ms"] = newest_reading(info, tip_rows[0] if tip_rows else None)
+            return info
     except (NodeUnavailable, RequestFailed):
         return None
+
+
+def newest_reading(info: dict, tip_row: dict | None) -> int | None:
+    """The newest reading a node knows: what its relays last handed it, or its tip block's newest.
+
+    A node whose peers mined the relay's readings first fetches nothing new from the relay,
+    so its relay row has no newest reading; its chain holds them all the same.
+    """
+    times = [r.get("newest_ms") for r in info.get("relays", [])]
+    if tip_row is not None:
+        times.append(tip_row.get("newest_ms"))
+    known = [t for t in times if t is not None]
+    return max(known) if known else None
 
 
 async def _newest_block(address: Address, height: int):
@@ -286,7 +321,7 @@ async def _live_view(args: argparse.Namespace, nodes: list[Child], data_dir: Pat
     started = time.monotonic()
     ends = started + args.duration if args.duration is not None else None
     while not stop.is_set():
-        infos = await asyncio.gather(*(_status(c.address) for c in nodes))
+        infos = await asyncio.gather(*(_status(c.address, with_newest=True) for c in nodes))
         best = max(((i["height"], c) for c, i in zip(nodes, infos) if i), default=None, key=lambda t: t[0])
         block = await _newest_block(best[1].address, best[0]) if best and best[0] > 0 else None
         rows = [(c, c.proc.returncode, info) for c, info in zip(nodes, infos)]
@@ -350,9 +385,9 @@ def _block_lines(block) -> list[str]:
              f"at {iso_ms(block.header.time_ms)}"]
     if capture.readings:
         r = capture.readings[-1]
-        lines.append(f"             {capture.relay_id} at {capture.substation}: {len(capture.readings)} readings, "
-                     f"seq {capture.readings[0].seq}..{r.seq}, {len(capture.seals)} seal(s) by relay key "
-                     f"{capture.relay_key.hex()[:16]}, {r.openings} fault openings")
+        lines.append(f"             {capture.relay_id} at {capture.substation}: {plural(len(capture.readings), 'reading')}, "
+                     f"seq {capture.readings[0].seq}..{r.seq}, {plural(len(capture.seals), 'seal')} by relay key "
+                     f"{capture.relay_key.hex()[:16]}, {plural(r.openings, 'fault opening')}")
         lines.append(f"newest       {iso_ms(r.timestamp_ms)}  Vab {r.vab:.2f} kV  Ia {r.ia:.1f} A  "
                      f"f {r.frequency:.3f} Hz  PF {r.power_factor:.3f}  P {r.active_power:.2f} MW  "
                      f"Q {r.reactive_power:.2f} MVAr")
@@ -370,16 +405,19 @@ def render_screen(args: argparse.Namespace, rows: list[tuple[Child, int | None, 
                   elapsed: float, data_dir: Path) -> str:
     """The full-screen view: one row per node, then the newest block."""
     out = [f"gridchain demo: relay on 127.0.0.1:{args.relay_port}, {len(rows)} nodes, "
-           f"capture every {args.capture_interval:g} s, difficulty {args.difficulty} bits  ({elapsed:.0f} s)",
+           f"capture every {args.capture_interval:g} s, a reading every {getattr(args, 'relay_interval', 1.0):g} s, "
+           f"difficulty {args.difficulty} bits  ({elapsed:.0f} s)",
            f"data and logs in {data_dir}; Ctrl-C stops everything", "",
-           f"{'NODE':<11} {'PORT':>5} {'HEIGHT':>7}  {'TIP':<12}  {'PEERS':>5}  {'MINING':<7} RELAY"]
+           f"{'NODE':<11} {'PORT':>5} {'HEIGHT':>7} {'FINAL':>11}  {'TIP':<12}  {'PEERS':>5}  {'MINING':<7} "
+           f"{'RELAY':<6} NEWEST READING"]
     for child, code, info in rows:
         if info is None:
             state = "exited: " + _exit_text(code) if code is not None else "no answer"
             out.append(f"{child.name:<11} {child.address.port:>5} {'-':>7}  {state}")
             continue
-        out.append(f"{child.name:<11} {child.address.port:>5} {info.get('height', '?'):>7}  {_tip(info):<12}  "
-                   f"{len(info.get('peers', [])):>5}  {info.get('mining', '?'):<7} {_relay_state(info)}")
+        out.append(f"{child.name:<11} {child.address.port:>5} {info.get('height', '?'):>7} {_final(info):>11}  "
+                   f"{_tip(info):<12}  {len(info.get('peers', [])):>5}  {info.get('mining', '?'):<7} "
+                   f"{_relay_state(info):<6} {iso_ms(info.get('newest_ms'))}")
     out += ["", _agreement(rows), "", *_block_lines(block), ""]
     return "\n".join(out) + "\n"
 
@@ -387,9 +425,19 @@ def render_screen(args: argparse.Namespace, rows: list[tuple[Child, int | None, 
 def render_lines(rows: list[tuple[Child, int | None, dict | None]], block, elapsed: float) -> str:
     """One plain line per update, for a log file or a pipe."""
     heights = " ".join(f"{c.name}={info['height'] if info else '?'}" for c, _, info in rows)
+    finals = " ".join(f"{c.name}={_final(info) if info else '?'}" for c, _, info in rows)
+    newest = " ".join(f"{c.name}={iso_ms(info.get('newest_ms')) if info else '?'}" for c, _, info in rows)
     last = "no block yet"
     if block is not None:
         capture = block.capture
         last = (f"last block {block.height} {short_hash(block.hash)} by {block.miner_name}: "
-                f"{len(capture.readings)} readings, newest {iso_ms(capture.newest_ms)}")
-    return f"demo: t={elapsed:.1f}s heights {heights} | {last}\n"
+                f"{plural(len(capture.readings), 'reading')}, newest {iso_ms(capture.newest_ms)}")
+    return f"demo: t={elapsed:.1f}s heights {heights} | finalized {finals} | {last} | newest readings {newest}\n"
+
+
+def _final(info: dict) -> str:
+    """The finalized height and its lag behind the tip ("-": no finality on this network)."""
+    finality = info.get("finality")
+    if not finality:
+        return "-"
+    return f"{finality.get('finalized_height')} (-{finality.get('finality_lag')})"

@@ -24,7 +24,7 @@ from pathlib import Path
 from gridchain.config import (
     DEFAULT_BAN_SECONDS, DEFAULT_CAPTURE_INTERVAL_S, DEFAULT_DIFFICULTY, DEFAULT_HOST, DEFAULT_MAX_INBOUND,
     DEFAULT_MIN_PEERS, DEFAULT_MINING_THREADS, DEFAULT_NETWORK, DEFAULT_PORT, DEFAULT_REDIAL_MAX_S,
-    DEFAULT_RELAY_PORT, MIN_CAPTURE_INTERVAL_S, Address, NodeConfig,
+    DEFAULT_RELAY_PORT, MIN_CAPTURE_INTERVAL_S, API_PORT_OFFSET, DEFAULT_API_HOST, Address, NodeConfig,
 )
 from gridchain.cli.logs import FORMATS, LEVELS
 from gridchain.cli.version import add_version_flag
@@ -37,7 +37,7 @@ DEFAULT_CONFIG_PATH = Path("/etc/gridchain/node.toml")
 # GRIDCHAIN_* variables other gridchain programs read (the client's default node, the test
 # suite's replay seeds and soak knobs): a node started beside them must not refuse them.
 OTHER_PROGRAMS_ENV = frozenset({
-    "GRIDCHAIN_NODE", "GRIDCHAIN_SOAK_SECONDS", "GRIDCHAIN_SOAK_SEED", "GRIDCHAIN_SOAK_REPORT",
+    "GRIDCHAIN_NODE", "GRIDCHAIN_TOKEN", "GRIDCHAIN_TOKEN_FILE", "GRIDCHAIN_NODE_KEY", "GRIDCHAIN_SOAK_SECONDS", "GRIDCHAIN_SOAK_SEED", "GRIDCHAIN_SOAK_REPORT",
     "GRIDCHAIN_CRASH_SEED", "GRIDCHAIN_PARTITION_SEED",
 })
 # Leading zero bits of a block hash; past 64 no machine would ever mine a block.
@@ -112,6 +112,17 @@ def _address(raw: object) -> Address:
     return Address.parse(raw)
 
 
+def _relay_address(raw: object) -> Address:
+    """``HOST:PORT`` or ``HOST:PORT/RELAY_ID`` (the id percent-decoded, spaces allowed in it)."""
+    if not isinstance(raw, str):
+        raise ValueError(f"{raw!r} is not a HOST:PORT[/RELAY_ID] string")
+    where = raw.strip().partition("/")[0]
+    if "," in raw or any(c.isspace() for c in where):
+        raise ValueError(f"{raw!r} is not one HOST:PORT[/RELAY_ID] (one relay per list item; "
+                         "write a comma in a relay id as %2C)")
+    return Address.parse_relay(raw)
+
+
 def _member_key(raw: object) -> bytes:
     if isinstance(raw, str):
         try:
@@ -150,11 +161,18 @@ class Setting:
 
 NODE_SETTINGS: tuple[Setting, ...] = (
     Setting("host", _text(), DEFAULT_HOST, "address to listen on (0.0.0.0: every interface)"),
-    Setting("port", _integer(1, 65535), DEFAULT_PORT, "TCP port for peers and the gridchain client"),
+    Setting("port", _integer(1, 65535), DEFAULT_PORT, "TCP port for peers (the peer protocol only)"),
+    Setting("api_host", _text(), DEFAULT_API_HOST, "address the operator API listens on (other than 127.0.0.1: "
+            "TLS and a token only)"),
+    Setting("api_port", _integer(0, 65535), None, f"TCP port of the operator API (the gridchain client) "
+            f"(default: --port + {API_PORT_OFFSET}; 0: none, with --api-socket)", metavar="PORT"),
+    Setting("api_socket", _path, None, "also serve the operator API on this Unix socket (mode 0600)",
+            metavar="PATH"),
     Setting("peers", _address, (), "a peer to keep connected to (repeatable)", many=True, flag="--peer",
             metavar="HOST:PORT"),
-    Setting("relays", _address, (), "a relay to capture from (repeatable)", many=True, flag="--relay",
-            metavar="HOST:PORT"),
+    Setting("relays", _relay_address, (), "a relay to capture from (repeatable); /RELAY_ID names one relay of a "
+            "gateway serving several, percent-encoded (10.0.0.5:5010/Feeder%207)", many=True, flag="--relay",
+            metavar="HOST:PORT[/RELAY_ID]"),
     Setting("data_dir", _path, None, "where the chain and the node key live (default: gridchain-data/<port>)",
             metavar="DIR"),
     Setting("network", _text(MAX_NAME_BYTES), DEFAULT_NETWORK, "network name; every node of a network agrees"),
@@ -223,7 +241,8 @@ def build_node_parser() -> argparse.ArgumentParser:
     add_version_flag(parser)
     for s in NODE_SETTINGS:
         default = "none" if s.many else ("gridchain-data/<port>" if s.default is None else s.default)
-        help_text = s.help if s.many or s.key in ("data_dir", "name") else f"{s.help} (default: {default})"
+        help_text = s.help if s.many or s.key in ("data_dir", "name", "api_port", "api_socket") \
+            else f"{s.help} (default: {default})"
         if s.many:
             parser.add_argument(s.option, dest=s.key, action="append", default=None, metavar=s.metavar, help=help_text)
         else:
@@ -282,9 +301,26 @@ def resolve_node_settings(flags: Mapping[str, object], env: Mapping[str, str],
         min_peers=values["min_peers"], members=frozenset(values["members"]) or None,
         max_inbound=values["max_inbound"], ban_seconds=values["ban_seconds"],
         mining_threads=values["mining_threads"], redial_max_s=values["redial_max"],
-        network_file=values["network_file"],
+        network_file=values["network_file"], api_host=values["api_host"],
+        api_port=_api_port(values["api_port"], port, values["api_socket"]), api_socket=values["api_socket"],
     )
     return NodeSettings(config, values["log_format"], values["log_level"])
+
+
+def _api_port(api_port: int | None, port: int, socket_path: Path | None) -> int:
+    """The operator port: as set (0 with a socket: none), else the peer port + API_PORT_OFFSET."""
+    if api_port is None:
+        if port + API_PORT_OFFSET > 65535:
+            raise SettingError(f"--port {port}: the operator API's default port {port + API_PORT_OFFSET} is past "
+                               "65535; set --api-port")
+        return port + API_PORT_OFFSET
+    if api_port == port:
+        raise SettingError(f"--api-port {api_port}: the peer port; the operator API has a port of its own")
+    if api_port == 0:
+        if socket_path is None:
+            raise SettingError("--api-port 0: no operator API at all; give --api-socket PATH too")
+        return -1
+    return api_port
 
 
 def _checked(s: Setting, raw: object, where: str) -> object:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-async def run_until_signalled(run: Callable[[asyncio.Event], Awaitable[None]]) -> None:
-    """Run ``run(stop)``; the first SIGINT/SIGTERM sets ``stop``, a second one cancels it.
+async def run_until_signalled(run: Callable[[asyncio.Event], Awaitable[None]],
+                              signals: Sequence[int] = STOP_SIGNALS) -> None:
+    """Run ``run(stop)``; the first of ``signals`` sets ``stop``, a second one cancels it.
 
     The second signal is the operator's "stop now" for a shutdown that is taking too long.
     """
@@ -21,10 +24,10 @@ async def run_until_signalled(run: Callable[[asyncio.Event], Awaitable[None]]) -
             task.cancel()
         stop.set()
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in signals:
         loop.add_signal_handler(signum, on_signal)
     try:
         await run(stop)
     finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in signals:
             loop.remove_signal_handler(signum)

@@ -40,16 +40,18 @@ Where this differs from the paper, and why:
   (fewer links); liveness holds while a quorum of members stays uncaught.
 - A justification or finalization that conflicts with the finalized checkpoint is refused
   and reported (``FinalityUpdate.conflicts``, ``safety_broken``) rather than applied: with
-  more than a third of the members misbehaving the node says so and keeps its first branch.
+  2q - n or more members misbehaving the node says so and keeps its first branch
+  (``safety_at_risk`` says so as soon as that many are caught).
   A justified checkpoint above the finalized one on another branch is such a conflict too
   (the proof of Theorem 1 shows it needs a broken condition); below it, it is just stale.
 - The member set is fixed by the network file (its hash is in genesis): no dynamic sets.
 - Offline proof: a *finality certificate* is the single link S -> next(S) (finality_certs.py).
-  It does not carry S's justification chain; it convinces because honest members vote only
-  from a source justified in their view, so with at most n - q faulty members a quorum
-  link from S shows S was justified. Two conflicting certificates put the members that signed
-  both in breach (``certificate_evidence``) whenever their target heights meet or nest;
-  otherwise the nodes' stored justification certificates hold the evidence.
+  It does not carry S's justification chain; it convinces because an honest member votes
+  from S only once S is justified in its view, and with fewer than q faulty members a
+  quorum link holds an honest signer (the justification itself is then as safe as any,
+  below 2q - n faulty). Two conflicting certificates put the members that signed both in
+  breach (``certificate_evidence``) whenever their links meet or nest; otherwise the nodes'
+  stored justification certificates hold the evidence.
 
 How the node uses this (the API; the networking and storage sit above it):
 
@@ -59,18 +61,24 @@ How the node uses this (the API; the networking and storage sit above it):
   extends it by one block not yet in the tree.
 - ``FinalityState(params, genesis_hash)``: ``add_vote(vote, ancestor_at)`` and
   ``add_certificate(cert, ancestor_at)`` return a FinalityUpdate: ``status`` (``counted``,
-  ``duplicate``; ``unknown-checkpoint``: keep the vote and feed it again when its target block
-  arrives; ``bad-link``: the source is not the target's ancestor; ``stale``: below the pruned
-  horizon; ``caught``: its voter is already caught), newly ``justified`` and ``finalized``
-  checkpoints each with its certificate (store them with the block), new ``evidence`` (store,
-  gossip, log ``member.equivocation``), and ``conflicts`` (alert: safety is broken). Invalid
-  votes raise FinalityError (finality_votes.py) with the reason to penalise the sender by.
+  ``duplicate``; ``unknown-checkpoint``: keep the vote and feed it again when its target
+  block arrives; ``bad-link``: the source is not the target's ancestor; ``stale``: below
+  the pruned horizon; ``caught``: its voter is already caught; ``conflicts-finalized``
+  from ``adopt_finality``), newly ``justified`` and ``finalized`` checkpoints each with its
+  certificate (store them with the block), new ``evidence`` (store, gossip, log
+  ``member.equivocation``), and ``conflicts`` (alert: safety is broken). Invalid votes
+  raise FinalityError (finality_votes.py) with the reason to penalise the sender by.
 - Fork choice: prefer the tip whose ``highest_justified(tip, height, ancestor_at)`` is
   highest, then the most work. Refuse a block for which ``conflicts_finalized`` holds
   (``conflicts-finalized``), and never reorganise below ``finalized``.
+- Evidence from a peer or the store: ``add_evidence(evidence)`` checks it and catches its
+  member whether or not the votes' blocks are known here (they may be pruned).
 - Restart: ``FinalityState(params, genesis_hash, finalized=..., justified=...)`` from what
-  the store kept, then feed the stored recent votes; ``prune(height)`` after each
+  the store kept, then feed the stored recent votes and evidence; ``prune(height)`` after each
   finalization bounds memory (links, vote history and old justified checkpoints below it).
+- Sync: ``adopt_finality(cert, ancestor_at)`` with the newest finality certificate of a
+  batch of blocks; the older ones need no check to be safe (their checkpoints are ancestors
+  of the newest, which no reorg may go below), so a fresh node checks one per batch.
 - Voting: VoterGuard (finality_guard.py). Archiving: finality_note.py.
 """
 
@@ -89,7 +97,7 @@ from gridchain.consensus.finality_note import (
 )
 from gridchain.consensus.finality_votes import (
     AncestorAt, Checkpoint, Evidence, FinalityError, Vote, VoteHistory, check_evidence, checkpoint_height,
-    conflict_kind, sign_vote, verify_vote,
+    conflict_kind, sign_vote, verify_vote, with_block,
 )
 from gridchain.consensus.params import NetworkParams
 
@@ -101,8 +109,8 @@ __all__ = [  # the one import point for the node: these and FinalityState below
     "verify_vote", "with_block",
 ]
 
-COUNTED, DUPLICATE, UNKNOWN, BAD_LINK, STALE, CAUGHT = (
-    "counted", "duplicate", "unknown-checkpoint", "bad-link", "stale", "caught")
+COUNTED, DUPLICATE, UNKNOWN, BAD_LINK, STALE, CAUGHT, CONFLICTS = (
+    "counted", "duplicate", "unknown-checkpoint", "bad-link", "stale", "caught", "conflicts-finalized")
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,17 +138,6 @@ class FinalityUpdate:
     finalized: tuple[Finalized, ...] = ()
     evidence: tuple[Evidence, ...] = ()
     conflicts: tuple[Checkpoint, ...] = ()
-
-
-def with_block(ancestor_at: AncestorAt, block_hash: bytes, height: int, prev_hash: bytes) -> AncestorAt:
-    """``ancestor_at`` that also knows one block not yet linked into the tree."""
-    def extended(asked: bytes, at: int) -> bytes | None:
-        if asked != block_hash:
-            return ancestor_at(asked, at)
-        if at == height:
-            return block_hash
-        return ancestor_at(prev_hash, at) if at < height else None
-    return extended
 
 
 class FinalityState:
@@ -186,13 +183,21 @@ class FinalityState:
 
     @property
     def safety_broken(self) -> bool:
-        """A conflicting justification or finalization was refused: more than n - q misbehave."""
+        """A conflicting justification or finalization was refused: 2q - n members or more broke a rule."""
         return bool(self._conflicts)
+
+    @property
+    def safety_at_risk(self) -> bool:
+        """As many members caught as two quorums share (2q - n): enough to finalize two branches."""
+        overlap = 2 * self.params.quorum - len(self.params.members)
+        return self.safety_broken or len(self._evidence) >= overlap
 
     def certificate(self, source: Checkpoint, target: Checkpoint) -> Certificate | None:
         """The votes counted for a link, if they reach the quorum."""
         signers = self._links.get((source, target), {})
-        return Certificate(source, target, tuple(sorted(signers.items()))) if len(signers) >= self.params.quorum else None
+        if len(signers) < self.params.quorum:
+            return None
+        return Certificate(source, target, tuple(sorted(signers.items())))
 
     def justification_of(self, checkpoint: Checkpoint) -> Certificate | None:
         return self._justifying.get(checkpoint)
@@ -230,6 +235,45 @@ class FinalityState:
                               tuple(f for u in updates for f in u.finalized),
                               tuple(e for u in updates for e in u.evidence),
                               tuple(c for u in updates for c in u.conflicts))
+
+    def adopt_finality(self, cert: Certificate, ancestor_at: AncestorAt) -> FinalityUpdate:
+        """Take a finality certificate (a peer's at sync, the store's at restart) as proof that
+        its source is final without the source's justification chain: the trust of an offline
+        check (module docstring, "Offline proof"). Its votes then count as any others, and
+        the links from the source are settled even if those votes were all counted before
+        (the finality recorded for the source is then this certificate)."""
+        verify_finality(self.params, cert)
+        changes = _Changes()
+        source = cert.source
+        adopt = False
+        if source not in self._justified and ancestor_at(source.hash, source.height) == source.hash:
+            adopt = self._may_justify(source, ancestor_at, changes)
+            if changes.conflicts:
+                return FinalityUpdate(CONFLICTS, conflicts=tuple(changes.conflicts))
+        counted = self.add_certificate(cert, ancestor_at)  # the source is not justified yet: no settling
+        if adopt:
+            self._add_justified(source)
+        if source in self._justified:
+            # Its link's votes may all have been counted before (while the source was not
+            # justified here): they are duplicates now, so follow the links from it here.
+            self._settle(source, ancestor_at, changes, adopted=cert)
+        return FinalityUpdate(counted.status, counted.justified + tuple(changes.justified),
+                              counted.finalized + tuple(changes.finalized), counted.evidence,
+                              counted.conflicts + tuple(changes.conflicts))
+
+    def add_evidence(self, evidence: Evidence, verified: bool = False) -> FinalityUpdate:
+        """Catch the member ``evidence`` accuses, whether or not its votes' blocks are known
+        here (they may be pruned, on a branch never seen, or below the pruned horizon):
+        the proof is the two signatures alone. FinalityError (check_evidence's reasons) if
+        it is no proof, unless ``verified``. ``counted`` with the evidence if it caught the
+        member, ``duplicate`` with none if the member was caught already (the first proof
+        stays). Its votes are not counted: their member is caught."""
+        if not verified:
+            check_evidence(self.params, evidence)
+        if evidence.voter in self._evidence:
+            return FinalityUpdate(DUPLICATE)
+        self._evidence[evidence.voter] = evidence
+        return FinalityUpdate(COUNTED, evidence=(evidence,))
 
     def add_vote(self, vote: Vote, ancestor_at: AncestorAt, verified: bool = False) -> FinalityUpdate:
         """Count one vote; raises FinalityError if it is not a valid member vote (verify_vote)."""
@@ -299,8 +343,16 @@ class FinalityState:
             return BAD_LINK
         return None
 
-    def _settle(self, start: Checkpoint, ancestor_at: AncestorAt, changes: _Changes) -> None:
-        """Follow supermajority links out of newly justified checkpoints, as far as they go."""
+    def _settle(self, start: Checkpoint, ancestor_at: AncestorAt, changes: _Changes,
+                adopted: Certificate | None = None) -> None:
+        """Follow supermajority links out of a justified checkpoint, as far as they go.
+
+        Every path that justifies a checkpoint (a vote, a certificate, an adoption) ends
+        here, so a link whose votes were counted while its source was not yet justified is
+        settled the moment the source is. Settling a settled checkpoint again changes
+        nothing. ``adopted``: the certificate to report for its own link when its votes are
+        among those counted (an adoption keeps the proof it was given).
+        """
         work = [start]
         while work:
             source = work.pop()
@@ -308,7 +360,11 @@ class FinalityState:
                 signers = self._links[(source, target)]
                 if len(signers) < self.params.quorum:
                     continue
-                cert = Certificate(source, target, tuple(sorted(signers.items())))
+                if adopted is not None and adopted.link == (source, target) and all(
+                        signers.get(key) == signature for key, signature in adopted.signatures):
+                    cert = adopted
+                else:
+                    cert = Certificate(source, target, tuple(sorted(signers.items())))
                 if target.height == source.height + self.params.checkpoint_interval:
                     self._finalize(source, cert, ancestor_at, changes)
                 if target not in self._justified and self._may_justify(target, ancestor_at, changes):
@@ -336,7 +392,8 @@ class FinalityState:
         changes.finalized.append(Finalized(checkpoint, cert))
         if checkpoint.height > self._finalized.height:
             self._finalized = checkpoint
-            above = self._justified_sorted[bisect.bisect_left(self._justified_sorted, Checkpoint(checkpoint.height, b"")):]
+            start = bisect.bisect_left(self._justified_sorted, Checkpoint(checkpoint.height, b""))
+            above = self._justified_sorted[start:]
             for rival in [c for c in above if not self._related(c, checkpoint, ancestor_at)]:
                 self._drop_justified(rival)  # justified on another branch above finality
                 self._conflict(rival, changes)

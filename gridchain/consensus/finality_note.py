@@ -26,7 +26,7 @@ no signature of its own. The header ties the checkpoint to a time and to its pay
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from gridchain.consensus.block import HEADER_SIZE, Header
@@ -139,8 +139,9 @@ def parse_note(text: str) -> CheckpointNote:
 
 @dataclass(frozen=True, slots=True)
 class Fork:
-    """Where two notes' branches part: at ``height`` the earlier note holds one block and the
-    later branch another; ``common`` is the highest block both share, when the headers reach it."""
+    """Where two notes' branches part: at ``height`` the lower note holds one block and the
+    higher note's branch another; ``common`` is the highest block both share, when the headers
+    given reach down to it (None otherwise)."""
 
     height: int
     earlier_hash: bytes
@@ -164,48 +165,44 @@ class Consistency:
 
 
 def check_consistency(params: NetworkParams, first: CheckpointNote, second: CheckpointNote,
-                      later_headers: Sequence[Header], earlier_headers: Sequence[Header] = ()) -> Consistency:
+                      headers: Iterable[Header] = ()) -> Consistency:
     """Whether the higher note's checkpoint descends from the lower one's (notes in any order).
 
-    ``later_headers``: consecutive headers of the higher note's branch, oldest first, ending
-    at its checkpoint and starting at most one above the lower checkpoint's height (lower
-    headers are welcome: they help find the fork). ``earlier_headers``: the same for the
-    lower note's branch, only to locate the common block on a fork. Both notes are verified;
-    headers that do not link raise ``bad-headers``.
+    ``headers``: block headers in any order, at least those of the higher note's branch from
+    just above the lower checkpoint's height up to below its own (each note brings its own
+    block's header). The branch is followed down by ``prev_hash``, each header named by its
+    own hash, so no header can be slipped in. On a fork, headers of both branches further
+    down let ``Fork.common`` name the block where they part. Both notes are verified; headers
+    that do not reach the lower height raise ``bad-headers``.
     """
     verify_note(params, first)
     verify_note(params, second)
     earlier, later = sorted((first, second), key=lambda n: (n.checkpoint.height, n.checkpoint.hash))
     low, high = earlier.checkpoint, later.checkpoint
-    later_branch = _branch(later_headers, high) if high.height > low.height else {high.height: high.hash}
+    pool = {header.hash(): header for header in (*headers, earlier.header, later.header)}
+    later_branch = _walk(pool, high, low.height)
     if low.height not in later_branch:
-        raise FinalityError("bad-headers", f"the headers do not reach down to height {low.height}")
+        raise FinalityError("bad-headers", f"the headers do not lead from height {high.height} down to {low.height}")
     if later_branch[low.height] == low.hash:
         return Consistency(low, high, True)
-    earlier_branch = _branch(earlier_headers, low) if earlier_headers else {low.height: low.hash}
-    shared = [h for h in later_branch if earlier_branch.get(h) == later_branch[h]]
-    common = Checkpoint(max(shared), later_branch[max(shared)]) if shared else None
+    theirs, ours = _walk(pool, Checkpoint(low.height, later_branch[low.height]), 0), _walk(pool, low, 0)
+    shared = [height for height, block_hash in ours.items() if theirs.get(height) == block_hash]
+    common = Checkpoint(max(shared), ours[max(shared)]) if shared else None
     fork = Fork(low.height, low.hash, later_branch[low.height], common)
     evidence = tuple(certificate_evidence(earlier.certificate, later.certificate))
     return Consistency(low, high, False, fork, evidence)
 
 
-def _branch(headers: Sequence[Header], tip: Checkpoint) -> dict[int, bytes]:
-    """height -> hash along linked headers ending at ``tip`` (one below the first, by its prev_hash)."""
-    if not headers:
-        raise FinalityError("bad-headers", "no headers given")
-    branch: dict[int, bytes] = {}
-    previous: Header | None = None
-    for header in headers:
-        if previous is not None and (header.height != previous.height + 1 or header.prev_hash != previous.hash()):
-            raise FinalityError("bad-headers", f"the header at height {header.height} does not follow the one before")
-        branch[header.height] = header.hash()
-        previous = header
-    if previous.height != tip.height or branch[tip.height] != tip.hash:
-        raise FinalityError("bad-headers", "the headers do not end at the note's checkpoint")
-    first = headers[0]
-    if first.height > 0:
-        branch[first.height - 1] = first.prev_hash
+def _walk(pool: Mapping[bytes, Header], tip: Checkpoint, down_to: int) -> dict[int, bytes]:
+    """height -> hash down the branch ending at ``tip``, as far as ``pool`` and ``down_to`` allow."""
+    branch = {tip.height: tip.hash}
+    block_hash, height = tip.hash, tip.height
+    while height > down_to:
+        header = pool.get(block_hash)
+        if header is None or header.height != height:
+            break
+        block_hash, height = header.prev_hash, height - 1
+        branch[height] = block_hash
     return branch
 
 

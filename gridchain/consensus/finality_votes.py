@@ -20,6 +20,7 @@ The slashing conditions of Casper FFG (Buterin & Griffith 2017, section 3): a me
 sign two distinct votes with the same target height (double vote), nor two votes where one's
 span strictly holds the other's, s1 < s2 < t2 < t1 (surround vote). Two such votes by one
 member are ``Evidence``; anyone can check it with the network's member list alone.
+``VoteHistory`` finds such a pair among one member's votes as they arrive.
 """
 
 from __future__ import annotations
@@ -62,8 +63,9 @@ class FinalityError(GridchainError):
 
     Reasons: ``bad-vote`` (shape: heights, sizes), ``not-a-member``, ``bad-vote-signature``,
     ``bad-evidence``, ``short-certificate``, ``duplicate-signer``, ``mixed-links``,
-    ``bad-certificate``, ``bad-note``, ``wrong-network``, ``finality-off``, and the voter
-    guard's ``would-double-vote``, ``would-surround``, ``vote-not-newer``.
+    ``bad-certificate``, ``not-finalizing``, ``bad-note``, ``bad-headers``,
+    ``wrong-network``, ``finality-off``, ``unknown-checkpoint`` (a block the tree does not
+    hold), and the voter guard's ``would-double-vote``, ``would-surround``, ``vote-not-newer``.
     """
 
 
@@ -76,6 +78,17 @@ class Checkpoint:
 
     def __repr__(self) -> str:
         return f"Checkpoint({self.height}, {self.hash.hex()[:12]})"
+
+
+def with_block(ancestor_at: AncestorAt, block_hash: bytes, height: int, prev_hash: bytes) -> AncestorAt:
+    """``ancestor_at`` that also knows one block not yet linked into the tree."""
+    def extended(asked: bytes, at: int) -> bytes | None:
+        if asked != block_hash:
+            return ancestor_at(asked, at)
+        if at == height:
+            return block_hash
+        return ancestor_at(prev_hash, at) if at < height else None
+    return extended
 
 
 def checkpoint_height(height: int, interval: int) -> int:
@@ -117,7 +130,8 @@ class Vote:
         return cls(voter, Checkpoint(source_height, source_hash), Checkpoint(target_height, target_hash), signature)
 
     def __repr__(self) -> str:
-        return f"Vote({self.voter.hex()[:8]}: {self.source.height} -> {self.target.height} {self.target.hash.hex()[:8]})"
+        target = f"{self.target.height} {self.target.hash.hex()[:8]}"
+        return f"Vote({self.voter.hex()[:8]}: {self.source.height} -> {target})"
 
 
 def sign_vote(sign: Callable[[bytes], bytes], voter: bytes, params: NetworkParams, source: Checkpoint,

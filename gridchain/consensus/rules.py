@@ -7,9 +7,19 @@ Two groups, so a caller can run the cheap, context-free part before it looks any
   size, version, difficulty, proof of work, clock, readings, seals, gap notice, payload
   root, miner, relay (named, its substation and key as the network document says), the
   miner's signature and last the relay's signatures (one Ed25519 verify per seal).
-- ``check_context(block, parent_height, median_time_ms, last_seq, relay_key)``: what it
-  must be on its parent's branch: height, median time, the relay key the branch already
+- ``check_context(block, parent_height, median_time_ms, last_seq, relay_key, gaps)``: what
+  it must be on its parent's branch: height, median time, the relay key the branch already
   uses for this relay, no reading the branch holds, no reading skipped.
+- Finality's rule, ``conflicts-finalized`` (a block not on the finalized block's branch),
+  is the block tree's to check (consensus/chain.py): it depends on votes, not on the block.
+
+A relay's readings on a branch are its sequence up to ``last_seq`` less a few open gap
+ranges: holes the relay signed as lost (a gap notice) that the branch has not filled. A
+block continues the sequence, jumps past a hole with the relay's notice (opening a range),
+or fills: every row inside one open range (which shrinks or splits; ``gaps_after``). Fills
+exist because a notice is the relay's word about its own buffer, not about any chain: a
+branch that forks below readings another branch already holds and jumps straight to the
+notice must still be able to take those readings, or a reorg would lose them for good.
 
 Timestamps and openings are the relay's signed word: no rule compares them with the block's
 time or with earlier readings. The reasons are stable strings for logs, ``reject`` messages
@@ -44,8 +54,17 @@ REASONS = frozenset({
     "too-large", "bad-version", "bad-difficulty", "bad-pow", "time-too-new", "bad-reading", "bad-seal",
     "bad-gap-notice", "bad-root", "not-a-member", "unknown-relay", "wrong-substation", "relay-key-mismatch",
     "bad-signature", "bad-relay-signature", "unknown-parent", "bad-height", "time-too-old",
-    "duplicate-reading", "sequence-gap",
+    "duplicate-reading", "sequence-gap", "bad-gap-fill",
+    "conflicts-finalized",  # raised by Chain.add: the block's branch lacks the finalized block
 })
+
+# Open gap ranges kept per relay per branch: a relay loses its buffer a handful of times in
+# its life, and the tuple is copied whenever a block opens, shrinks or splits a range. Past
+# this the lowest (oldest) range is closed for good: its readings can no longer be filled,
+# and it stays a listed gap of the chain.
+MAX_OPEN_GAPS = 16
+
+GapRanges = tuple[tuple[int, int], ...]  # (first, last) seqs, inclusive, ascending, disjoint
 
 
 class RuleViolation(GridchainError):
@@ -218,37 +237,90 @@ def check_not_too_old(header: Header, median_time_ms: int) -> None:
         raise RuleViolation("time-too-old", f"time {header.time_ms} not after median {median_time_ms}")
 
 
-def check_not_duplicate(capture: Capture, last_seq: int | None) -> None:
-    # Sequence numbers rise inside a block (check_seals, check_sequence): the first decides.
-    if last_seq is not None and capture.readings[0].seq <= last_seq:
-        raise RuleViolation("duplicate-reading", f"relay {capture.relay_id!r}: seq {capture.readings[0].seq} "
-                            f"is not after the branch's last seq {last_seq}")
+def open_gap_of(gaps: GapRanges, first: int, last: int) -> tuple[int, int] | None:
+    """The open gap range holding every seq from ``first`` to ``last``, or None."""
+    for low, high in gaps:
+        if low <= first and last <= high:
+            return low, high
+    return None
 
 
-def check_sequence(capture: Capture, last_seq: int | None) -> None:
-    """The readings continue the branch's sequence for this relay and run on without a hole;
-    the one exception is a hole the relay signed as lost (a gap notice resuming here)."""
-    expected = (last_seq or 0) + 1
-    first = capture.readings[0].seq
-    gap = capture.gap
-    if first != expected and not (gap is not None and gap.resume_seq == first and first > expected):
-        raise RuleViolation("sequence-gap", f"relay {capture.relay_id!r}: seq {first} where {expected} was due, "
-                            f"and no gap notice of the relay resumes there")
+def check_fill(capture: Capture, last_seq: int | None, gaps: GapRanges = ()) -> None:
+    """A block that goes back to or below the branch's last seq must fill one open gap: all
+    its rows inside one range, so none is on the branch; and no gap notice (a fill skips
+    nothing). Rows that touch no open range are duplicates."""
+    # Sequence numbers rise by one inside a block (check_seals, check_runs_on): first and last decide.
+    first, last = capture.readings[0].seq, capture.readings[-1].seq
+    if last_seq is None or first > last_seq:
+        return
+    where = f"relay {capture.relay_id!r}: seq {first}..{last}"
+    if open_gap_of(gaps, first, last) is not None:
+        if capture.gap is not None:
+            raise RuleViolation("bad-gap-fill", f"{where} fills an open gap but carries a gap notice")
+        return
+    top = min(last, last_seq)
+    touched = [f"{low}..{high}" for low, high in gaps if low <= top and first <= high]
+    if touched:
+        raise RuleViolation("bad-gap-fill", f"{where} is not inside one open gap of the branch "
+                            f"(it meets {', '.join(touched)} and readings the branch holds)")
+    raise RuleViolation("duplicate-reading", f"{where} is not after the branch's last seq {last_seq} "
+                        f"and fills no open gap of it")
+
+
+def check_runs_on(capture: Capture) -> None:
+    """Inside the block the seals follow each other without a hole (each is consecutive: check_seals)."""
     for before, after in zip(capture.seals, capture.seals[1:]):
         if after.first_seq != before.last_seq + 1:
             raise RuleViolation("sequence-gap", f"relay {capture.relay_id!r}: seq {before.last_seq} then "
                                 f"{after.first_seq} inside the block")
 
 
+def check_sequence(capture: Capture, last_seq: int | None) -> None:
+    """Unless they fill (check_fill), the readings continue the branch's sequence; the one
+    exception is a hole the relay signed as lost (a gap notice resuming here)."""
+    expected = (last_seq or 0) + 1
+    first = capture.readings[0].seq
+    if first < expected:
+        return  # a fill, checked by check_fill
+    gap = capture.gap
+    if first != expected and not (gap is not None and gap.resume_seq == first):
+        raise RuleViolation("sequence-gap", f"relay {capture.relay_id!r}: seq {first} where {expected} was due, "
+                            f"and no gap notice of the relay resumes there")
+
+
+def gaps_after(gaps: GapRanges, last_seq: int | None, first: int, last: int) -> GapRanges:
+    """The branch's open gap ranges once a valid block with seqs ``first``..``last`` is on it.
+
+    A jump past ``last_seq + 1`` opens the range it skips; a fill shrinks or splits its
+    range; a continuation leaves them (the very tuple: shared, O(1)). Past MAX_OPEN_GAPS
+    the lowest ranges close for good.
+    """
+    prior = last_seq or 0
+    if first > prior:
+        if first == prior + 1:
+            return gaps
+        gaps = (*gaps, (prior + 1, first - 1))
+    else:
+        for index, (low, high) in enumerate(gaps):
+            if low <= first and last <= high:
+                parts = tuple(part for part in ((low, first - 1), (last + 1, high)) if part[0] <= part[1])
+                gaps = gaps[:index] + parts + gaps[index + 1:]
+                break
+        else:
+            return gaps  # not a fill: a block the rules refuse leaves the ranges as they were
+    return gaps[-MAX_OPEN_GAPS:] if len(gaps) > MAX_OPEN_GAPS else gaps
+
+
 def check_context(block: Block, parent_height: int, median_time_ms: int,
-                  last_seq: int | None, relay_key: bytes | None) -> None:
+                  last_seq: int | None, relay_key: bytes | None, gaps: GapRanges = ()) -> None:
     """Rules that depend on the parent's branch; run after check_block.
 
-    ``last_seq``/``relay_key`` are those of the newest block of the same relay on the
-    parent's branch (None when the branch holds no reading of that relay).
+    ``last_seq``/``relay_key``/``gaps`` are the relay's highest seq, key and open gap ranges
+    on the parent's branch (None, None, () when the branch holds no reading of that relay).
     """
     check_height(block.header, parent_height)
     check_not_too_old(block.header, median_time_ms)
     check_relay_key(block.capture, relay_key)
-    check_not_duplicate(block.capture, last_seq)
+    check_runs_on(block.capture)
+    check_fill(block.capture, last_seq, gaps)
     check_sequence(block.capture, last_seq)

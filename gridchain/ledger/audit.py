@@ -10,7 +10,14 @@ A faulty block is still linked by whichever copy of its header hashes right, so 
 descendants are checked too; a block that cannot be placed at all is listed once, and
 what descends from it is counted, not listed. Opening a ledger (gridchain.ledger.ledger) checks
 only the newest blocks; this checks them all. The report also lists the main chain's gaps:
-the holes in a relay's sequence that the relay itself signed as lost (store.Gap).
+the holes in a relay's sequence that the relay itself signed as lost and that no later
+block filled in (store.Gap).
+
+With finality (a network with members) it checks every stored certificate (finality_keeper.
+certificate_damage: signatures, quorum, the blocks it names in the tree), every stored vote,
+own vote and evidence row, rebuilds the finality state as opening does and runs fork choice
+with it before comparing the main table, checks that every finalized block is on the main
+chain, and reports the evidence (members caught equivocating: not damage, but shown).
 """
 
 from __future__ import annotations
@@ -23,11 +30,16 @@ from pathlib import Path
 
 from gridchain.consensus.block import Block, BlockDecodeError, Header
 from gridchain.consensus.chain import Chain
+from gridchain.consensus.finality import Evidence, FinalityError, Vote, verify_vote
 from gridchain.consensus.genesis import make_genesis
 from gridchain.consensus.params import NetworkParams
 from gridchain.consensus.rules import RuleViolation
-from gridchain.ledger.ledger import check_readings_rows, index_facts
-from gridchain.ledger.store import SCHEMA_VERSION, Gap, main_chain_gaps, store_error
+from gridchain.ledger import finality_store
+from gridchain.ledger.damage import LedgerDamaged
+from gridchain.ledger.finality_keeper import certificate_damage, evidence_damage, load_finality, vote_damage
+from gridchain.ledger.finality_store import FINALIZES, JUSTIFIES
+from gridchain.ledger.reopen import check_readings_rows, index_facts
+from gridchain.ledger.store import MIGRATES_FROM, SCHEMA_VERSION, Gap, main_chain_gaps, store_error
 
 # Problems listed in one report; past this the count goes on but the list stops growing.
 MAX_PROBLEMS = 1000
@@ -40,7 +52,9 @@ class AuditReport:
 
     ``omitted`` counts problems left out of the list: past MAX_PROBLEMS, and blocks that
     descend from a block that is missing (the first missing link is listed). ``gaps`` are
-    the relay-signed holes of the main chain: not problems, but shown to the operator.
+    the relay-signed holes of the main chain still unfilled: not problems, but shown to the
+    operator. ``certificates`` counts the certificates checked; ``evidence`` is the valid
+    stored evidence, one per caught member (shown, not a problem of the store).
     """
 
     ok: bool
@@ -48,6 +62,8 @@ class AuditReport:
     problems: list[tuple[int, str, str]]
     omitted: int = 0
     gaps: list[Gap] = field(default_factory=list)
+    certificates: int = 0
+    evidence: list[Evidence] = field(default_factory=list)
 
 
 def audit_store(path: Path, params: NetworkParams,
@@ -71,7 +87,7 @@ def audit_store(path: Path, params: NetworkParams,
     finally:
         db.close()
     return AuditReport(not audit.problems and not audit.omitted, audit.checked, audit.problems, audit.omitted,
-                       audit.gaps)
+                       audit.gaps, audit.certificates, audit.evidence)
 
 
 class _Audit:
@@ -88,6 +104,8 @@ class _Audit:
         self.lost: set[bytes] = set()  # blocks that could not be placed in the tree
         self.saw_genesis = False
         self.gaps: list[Gap] = []
+        self.certificates = 0
+        self.evidence: list[Evidence] = []
 
     def note(self, height: int, block_hash: bytes, reason: str) -> None:
         if len(self.problems) < MAX_PROBLEMS:
@@ -97,7 +115,9 @@ class _Audit:
 
     def run(self) -> None:
         meta = dict(self.db.execute("SELECT key, value FROM meta"))
-        expected = {"schema_version": SCHEMA_VERSION, "network": self.params.name, "genesis": self.genesis.hash}
+        legacy = meta.get("schema_version") == MIGRATES_FROM  # not opened by this node yet: no finality tables
+        expected = {"schema_version": MIGRATES_FROM if legacy else SCHEMA_VERSION, "network": self.params.name,
+                    "genesis": self.genesis.hash}
         for key, value in expected.items():
             if meta.get(key) != value:
                 self.note(0, self.genesis.hash, f"meta {key} is {meta.get(key)!r}, expected {value!r}")
@@ -113,6 +133,8 @@ class _Audit:
                 self.progress(self.checked, total)
         if not self.saw_genesis:
             self.note(0, self.genesis.hash, "the genesis row is missing")
+        if self.params.members is not None and self.params.quorum is not None and not legacy:
+            self._check_finality()
         self._check_main(meta.get("tip"), main)
         self.gaps = main_chain_gaps(self.db)
         if self.progress is not None:
@@ -153,20 +175,63 @@ class _Audit:
     def _place_anyway(self, row: tuple, block: Block | None) -> None:
         """Link a faulty block by whichever of its copies still hashes right, so that its
         descendants are checked too; a block with neither is lost, and so are they."""
-        block_hash, _, _, header_bytes, relay_id, last_seq, newest_ms, relay_key, *_ = row
+        block_hash, _, _, header_bytes, relay_id, last_seq, newest_ms, relay_key, n_readings, *_ = row
         if block_hash in self.chain:
             return
         candidates = []
         if block is not None and block.hash == block_hash:
             candidates.append((block.header, *index_facts(block)))
         with contextlib.suppress(BlockDecodeError):
-            candidates.append((Header.from_bytes(header_bytes), relay_id, last_seq, newest_ms, relay_key))
+            # An edited row may hold anything; a first seq it cannot give is the last one's.
+            first_seq = last_seq - n_readings + 1 if type(last_seq) is int and type(n_readings) is int else last_seq
+            candidates.append((Header.from_bytes(header_bytes), relay_id, last_seq, newest_ms, relay_key, first_seq))
         for header, *facts in candidates:
             if header.hash() == block_hash:
                 with contextlib.suppress(RuleViolation):
                     self.chain.add_trusted(header, *facts)
                     return
         self.lost.add(block_hash)
+
+    def _check_finality(self) -> None:
+        """Every certificate, vote and evidence row; then the finality state, as opening
+        builds it, for fork choice (only when every certificate passed: a state built
+        from a bad one would only add noise to the main-chain check)."""
+        db, params, chain = self.db, self.params, self.chain
+        clean = True
+        for role in (FINALIZES, JUSTIFIES):
+            for height, block_hash, data in finality_store.iter_certificates(db, role):
+                self.certificates += 1
+                reason = certificate_damage(params, chain, role, height, block_hash, data)
+                if reason is not None:
+                    clean = False
+                    self.note(height, block_hash, reason)
+        for vote in finality_store.votes(db):
+            reason = vote_damage(params, vote)
+            if reason is not None:
+                self.note(vote.target.height, vote.target.hash, reason)
+        for (data,) in db.execute("SELECT vote FROM own_vote"):
+            try:
+                verify_vote(params, Vote.decode(data))
+            except FinalityError as exc:
+                self.note(-1, b"", f"stored own vote is not valid ({exc.reason})")
+        for voter, _, data in finality_store.evidence_rows(db):
+            evidence, reason = evidence_damage(params, voter, data)
+            if reason is not None:
+                self.note(-1, voter, reason)
+            else:
+                self.evidence.append(evidence)
+        if not clean or self.lost:
+            return
+        try:
+            chain.finality = load_finality(db, chain, params, recheck=1)
+        except LedgerDamaged as exc:
+            self.note(exc.height, bytes.fromhex(exc.block_hash_hex), exc.reason)
+            return
+        chain.reconsider()
+        for height, block_hash, _ in finality_store.iter_certificates(db, FINALIZES):
+            entry = chain.main_at(height)
+            if entry is None or entry.hash != block_hash:
+                self.note(height, block_hash, "finalized block is not on the main chain")
 
     def _check_main(self, stored_tip: object, main: dict[int, bytes]) -> None:
         """The main table, tip and readings against the best chain rebuilt here. With blocks
@@ -219,7 +284,7 @@ def _row_reason(block: Block, row: tuple) -> str | None:
     if (height, prev_hash) != (block.height, block.prev_hash):
         return "height/prev_hash columns differ from the header"
     c = block.capture
-    facts = (*index_facts(block), len(c.readings), len(c.seals),
+    facts = (*index_facts(block)[:4], len(c.readings), len(c.seals),
              None if c.gap is None else c.gap.resume_seq, None if c.gap is None else c.gap.boot_ms)
     if (relay_id, last_seq, newest_ms, relay_key, *counts) != facts:
         return "relay/seq/newest/key/readings/seals/gap columns differ from the payload"

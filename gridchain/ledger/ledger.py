@@ -10,6 +10,36 @@ no payload decoding) and then re-checks the newest main-chain blocks in full. Da
 either way raises ``LedgerDamaged`` naming the block and the reason: a node must stop
 rather than serve a chain it cannot vouch for. The full audit of a store (every block,
 every reading row, the main table; for `gridchain verify`) is gridchain.ledger.audit.
+
+Finality (a network with members; consensus/finality.py), the API the node uses:
+
+- ``add_vote(vote, now_ms)`` and ``add_certificate(cert, now_ms)`` verify (FinalityError
+  with the reason to penalise the sender by), count, store and apply; each returns a
+  ``FinalityChange``: the FinalityUpdate (``status``: ``counted`` means new, so gossip
+  it on; ``unknown-checkpoint``: pooled until its block arrives, then applied by
+  ``add_block``/``add_blocks``, whose results carry that ``finality`` change; newly
+  ``justified``/``finalized`` checkpoints with their certificates; new ``evidence``, to
+  gossip and log as ``member.equivocation``; ``conflicts``: safety broken, alert), plus
+  ``reorg`` (a LedgerUpdate when justification moved the main chain: announce the tip,
+  hand ``displaced`` to capture, as for a block) and ``pruned`` (side blocks dropped).
+  A finality certificate (to the next checkpoint) is adopted (``adopt_finality``): what a
+  sync brings with its newest block. ``add_evidence`` takes a peer's proof.
+- Each step writes its votes, certificates, evidence, main-chain change and pruning in ONE
+  transaction; side branches that conflict with the newly finalized block leave the store
+  and the tree in the transaction that finalizes it. If that write fails, the chain is left
+  as it was and the rows wait to go with the next write (a StoreError is raised by
+  add_vote/add_certificate, not by add_block, whose block is stored).
+- Voting (VoterGuard, consensus/finality_guard.py): ``guard = VoterGuard(params, key,
+  ledger.own_votes(key))`` on start; then ``guard.next_vote(tip.hash, tip.height,
+  ledger.justified, ledger.ancestor_at)``, sign, ``guard.record(vote)``,
+  ``ledger.record_own_vote(vote)`` (durable, synced, before it returns), then
+  ``ledger.add_vote(vote, now_ms)`` and send.
+- Reading: ``finalized``, ``justified`` (highest justified on the main chain),
+  ``certificate_for(height | hash)`` (finality certificate of a finalized block),
+  ``justification_for``, ``proof_certificate(height)`` (the lowest finalized checkpoint
+  at or above a block: what a proof bundle ends in), ``headers_between(low, high)``
+  (main-chain headers from the index), ``evidence()``, ``finality_state`` (caught
+  members, ``safety_at_risk``/``safety_broken``) and ``pending`` (the pool).
 """
 
 from __future__ import annotations
@@ -17,21 +47,27 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from gridchain.consensus import rules
-from gridchain.consensus.block import Block, BlockDecodeError, Capture, Header
-from gridchain.consensus.errors import GridchainError
+from gridchain.consensus.block import Block, Capture, Header
 from gridchain.consensus.chain import AddResult, Chain, ChainEntry, OrphanPool, displaced_readings
+from gridchain.consensus.finality import (
+    COUNTED, UNKNOWN, Certificate, Checkpoint, Evidence, FinalityError, FinalityState, FinalityUpdate, Vote,
+)
 from gridchain.consensus.genesis import make_genesis
 from gridchain.consensus.params import NetworkParams
 from gridchain.consensus.rules import RuleViolation
-from gridchain.ledger.store import (
-    DB_FILE, READING_SELECT, Gap, MainChange, Store, StoreError, reading_rows, store_error,
-)
+from gridchain.ledger import finality_store
+from gridchain.ledger.batch_checks import BatchChecks
+from gridchain.ledger.damage import LedgerDamaged
+from gridchain.ledger.finality_keeper import PendingPool, merge_updates
+from gridchain.ledger.finality_store import FINALIZES, JUSTIFIES, FinalityWrite
+from gridchain.ledger.reopen import check_readings_rows, index_facts, rebuild_chain, recheck_newest
+from gridchain.ledger.steps import Steps, exhaust
+from gridchain.ledger.store import DB_FILE, Gap, MainChange, Store, StoreError, store_error
 
 # Main-chain blocks re-checked in full on every open: enough to catch a torn or edited
 # recent write, cheap enough (~10 ms) to run on every start. `gridchain verify` checks all.
@@ -39,29 +75,34 @@ RECHECK_BLOCKS = 100
 # A sync batch's context-free checks run in threads ahead of linking: the Ed25519 verify,
 # most of a block's cost, releases the GIL, so the checks overlap on every core there is.
 CHECK_THREADS = min(4, os.cpu_count() or 1)
-CHECK_CHUNK = 16  # blocks per thread task: a future per block would cost a third of a check
 MIN_THREADED_BATCH = 16  # shorter runs (a sync's tail) are checked inline: little to gain from threads
+# Headers one ``headers_between`` hands out: 12.8 MB, a few days of blocks at one a second.
+MAX_HEADERS_BETWEEN = 100_000
 
-
-class LedgerDamaged(GridchainError):
-    """The stored chain fails a check; str() names the block and the reason on one line."""
-
-    def __init__(self, block_hash_hex: str, height: int, reason: str) -> None:
-        super().__init__(f"stored chain is damaged at height {height}, block {block_hash_hex}: {reason} "
-                         f"(the node will not serve it; run `gridchain verify` for a full report, then "
-                         f"restore the data dir from a backup or move {DB_FILE} aside to resync from peers)")
-        self.block_hash_hex = block_hash_hex
-        self.height = height
-        self.reason = reason
+__all__ = [  # the opening checks live in reopen.py; imported here as before
+    "BatchResult", "FinalityChange", "Ledger", "LedgerDamaged", "LedgerUpdate", "check_readings_rows", "index_facts",
+]
 
 
 @dataclass(frozen=True, slots=True)
 class LedgerUpdate:
     """One block accepted: what it did to the chain and the sealed readings a reorg pushed out
-    (``displaced``: whole seals the new main chain lacks, as they were checked on arrival)."""
+    (``displaced``: whole seals the new main chain lacks, as they were checked on arrival).
+    ``finality``: what the votes waiting for this block did once it arrived (or None)."""
 
     result: AddResult
     displaced: list[Capture]
+    finality: FinalityChange | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FinalityChange(FinalityUpdate):
+    """A FinalityUpdate once the ledger applied it: ``reorg`` is the main-chain move that
+    justification caused (None if the tip stayed), ``pruned`` the hashes of the side blocks
+    removed because they conflict with the finalized block."""
+
+    reorg: LedgerUpdate | None = None
+    pruned: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +112,7 @@ class BatchResult:
     updates: list[LedgerUpdate]
     rejected: Block | None = None
     error: RuleViolation | None = None
+    finality: FinalityChange | None = None  # what votes waiting for the run's blocks did
 
 
 class Ledger:
@@ -84,6 +126,10 @@ class Ledger:
         self.orphans = OrphanPool()
         self.check_threads = check_threads  # below 2, every check runs inline
         self._check_pool: ThreadPoolExecutor | None = None  # made on the first long run
+        self.pending = PendingPool()  # votes and certificates waiting for their block
+        self._unsaved = FinalityWrite()  # finality rows a failed write left for the next one
+        self._chain_due = False  # a failed write left fork choice and pruning to redo
+        self._stepping: Steps | None = None  # a block being added a slice at a time (add_block_sliced)
 
     @classmethod
     def open(cls, data_dir: Path, params: NetworkParams, now_ms: int | None = None,
@@ -107,6 +153,7 @@ class Ledger:
         return cls(store, chain, params, check_threads)
 
     def close(self) -> None:
+        self.finish_sliced()
         if self._check_pool is not None:
             self._check_pool.shutdown(cancel_futures=True)
         self.store.close()
@@ -145,18 +192,56 @@ class Ledger:
     # --- adding --------------------------------------------------------------------------------
     def add_block(self, block: Block, now_ms: int, encoded_size: int | None = None) -> LedgerUpdate:
         """Validate, link and durably store ``block``; raises RuleViolation or StoreError."""
+        self.finish_sliced()
+        return exhaust(self._add_block_steps(block, now_ms, encoded_size))
+
+    async def add_block_sliced(self, block: Block, now_ms: int, encoded_size: int | None = None
+                               ) -> list[LedgerUpdate]:
+        """``add_block_with_orphans`` for the event loop: the work of a reorg it causes (the
+        blocks of both branches decoded, the main table and its readings rewritten in one
+        transaction) is done a slice at a time (gridchain.ledger.steps), the loop served
+        between slices, so a reorg of any depth never holds it for long. Meanwhile the chain
+        shows the new tip, and the store (on this connection) the rows written so far; any
+        other write (``finish_sliced``) first does the rest at once. Let only one run at a time."""
+        self.finish_sliced()
+        job = self._stepping = Steps(self._add_block_steps(block, now_ms, encoded_size))
+        try:
+            updates = [await job.run_sliced()]
+        except RuleViolation as exc:
+            self._pool_if_orphan(block, exc)
+            raise
+        finally:
+            if self._stepping is job:
+                self._stepping = None
+        return updates + self._connect_orphans([block.hash], now_ms)
+
+    def finish_sliced(self) -> None:
+        """Finish at once a block ``add_block_sliced`` is still adding: called before any other
+        write, which must not interleave with its transaction."""
+        job, self._stepping = self._stepping, None
+        if job is not None:
+            job.finish()
+
+    def _add_block_steps(self, block: Block, now_ms: int, encoded_size: int | None = None):
+        """``add_block`` as a generator of steps (each block a reorg decodes, each step of the
+        commit), returning its LedgerUpdate."""
         result = self.chain.add(block, now_ms, encoded_size)
         if result.status == "duplicate":
             return LedgerUpdate(result, [])
         try:
             pending = {block.hash: block}
+            if result.status == "reorg":
+                for entry in (*result.connected, *result.disconnected):
+                    if entry.hash not in pending:
+                        pending[entry.hash] = self._block(entry, pending)
+                        yield
             change = self._main_change(result, pending)
             displaced = self._displaced(result, pending)
-            self.store.commit([block], [change] if change else [])
+            yield from self.store.commit_steps([block], [change] if change else [])
         except BaseException:
             self.chain.undo(result)
             raise
-        return LedgerUpdate(result, displaced)
+        return LedgerUpdate(result, displaced, self._retry_pending([block.hash], now_ms))
 
     def add_block_with_orphans(self, block: Block, now_ms: int, encoded_size: int | None = None
                                ) -> list[LedgerUpdate]:
@@ -171,8 +256,19 @@ class Ledger:
             raise
         return updates + self._connect_orphans([block.hash], now_ms)
 
-    def add_blocks(self, blocks: Sequence[Block], now_ms: int) -> BatchResult:
+    def start_checks(self, blocks: Sequence[Block], now_ms: int) -> BatchChecks | None:
+        """Start the context-free checks of a run in threads now, for ``add_blocks`` to take
+        later (None: a short run, checked inline). A sync starts the next batch's checks
+        while it stores the one before, so the threads never wait for the store."""
+        return self._batch_checks(blocks, now_ms)
+
+    def add_blocks(self, blocks: Sequence[Block], now_ms: int, raws: Sequence[bytes] | None = None,
+                   checks: BatchChecks | None = None) -> BatchResult:
         """Add a run of blocks (a sync answer) in ONE store transaction.
+
+        ``raws``: the blocks' wire bytes as received, in order (each the ``encode()`` of its
+        block, as the peer message decoder gives them): stored as they are, not encoded again.
+        ``checks``: what ``start_checks`` started for this very run (else they start here).
 
         Stops at the first block that breaks a rule: the blocks before it are kept and
         committed, that block is returned as ``rejected`` with its ``error``. An
@@ -184,12 +280,19 @@ class Ledger:
         block is still linked in order, and one that did not pass them is checked again
         inline, so the reason and the kept prefix are what checking one by one gives.
         """
+        self.finish_sliced()
         results: list[AddResult] = []
         updates: list[LedgerUpdate] = []
         pending: dict[bytes, Block] = {}
         changes: list[MainChange] = []
         rejected, error = None, None
-        checks = self._batch_checks(blocks, now_ms)
+        if raws is not None and len(raws) != len(blocks):
+            raise ValueError(f"{len(raws)} wire forms for {len(blocks)} blocks")
+        if checks is not None and checks.count != len(blocks):
+            checks.cancel()
+            checks = None
+        if checks is None:
+            checks = self._batch_checks(blocks, now_ms)
         try:
             for index, block in enumerate(blocks):
                 prechecked = checks is not None and checks.passed(index)
@@ -206,7 +309,8 @@ class Ledger:
                         changes.append(change)
                 updates.append(LedgerUpdate(result, self._displaced(result, pending)))
             if pending:
-                self.store.commit(list(pending.values()), changes)
+                wire = None if raws is None else {block.hash: raw for block, raw in zip(blocks, raws)}
+                self.store.commit(list(pending.values()), changes, raws=wire)
         except BaseException:
             for result in reversed(results):
                 self.chain.undo(result)
@@ -216,8 +320,9 @@ class Ledger:
                 checks.cancel()  # after a refused block, the checks of the rest are not needed
         if error is not None:
             self._pool_if_orphan(rejected, error)
+        finality = self._retry_pending(list(pending), now_ms)
         updates += self._connect_orphans(list(pending), now_ms)
-        return BatchResult(updates, rejected, error)
+        return BatchResult(updates, rejected, error, finality)
 
     def _pool_if_orphan(self, block: Block, error: RuleViolation) -> None:
         if error.reason == "unknown-parent":
@@ -265,131 +370,208 @@ class Ledger:
             return []
         tip = result.entry
         return displaced_readings([self._block(e, pending) for e in result.disconnected],
-                                  lambda relay_id: self.chain.last_seq(relay_id, tip))
+                                  lambda relay_id: self.chain.last_seq(relay_id, tip),
+                                  lambda relay_id: self.chain.open_gaps(relay_id, tip))
 
+    # --- finality ------------------------------------------------------------------------------
+    @property
+    def finality_state(self) -> FinalityState | None:
+        """The finality state (None on an open network, which has no members to vote)."""
+        return self.chain.finality
 
-class BatchChecks:
-    """``check_block`` of a run of blocks, started in a thread pool: which blocks passed it.
+    @property
+    def finalized(self) -> Checkpoint:
+        """The newest finalized checkpoint (genesis before any, and with finality off)."""
+        state = self.chain.finality
+        return Checkpoint(0, self.chain.genesis_hash) if state is None else state.finalized
 
-    Blocks go to the pool in chunks, in order, so the first chunks are done while the
-    ledger links them and the later ones are still being checked. A block that failed, for
-    whatever reason, is just "not passed": ``Chain.add`` then runs the same checks inline
-    and raises what they raise, in the run's order.
-    """
+    @property
+    def justified(self) -> Checkpoint:
+        """The highest justified checkpoint on the main chain: the source of the next vote."""
+        return self.chain.justified_of(self.chain.tip)
 
-    def __init__(self, pool: ThreadPoolExecutor, blocks: Sequence[Block], params: NetworkParams,
-                 now_ms: int) -> None:
-        self._size = CHECK_CHUNK
-        self._futures: list[Future[list[bool]]] = [
-            pool.submit(_passes_check_block, blocks[start:start + self._size], params, now_ms)
-            for start in range(0, len(blocks), self._size)]
-        self._chunk = -1
-        self._passed: list[bool] = []
+    def ancestor_at(self, block_hash: bytes, height: int) -> bytes | None:
+        """The block tree's AncestorAt (Chain.ancestor_at), for VoterGuard.next_vote."""
+        return self.chain.ancestor_at(block_hash, height)
 
-    def passed(self, index: int) -> bool:
-        """Whether block ``index`` of the run passed; waits for its chunk."""
-        chunk = index // self._size
-        if chunk != self._chunk:
-            self._chunk, self._passed = chunk, self._futures[chunk].result()
-        return self._passed[index % self._size]
+    def add_vote(self, vote: Vote, now_ms: int) -> FinalityChange:
+        """Verify, count, store and apply a member's vote (module docstring); raises
+        FinalityError for an invalid vote and StoreError if its step cannot be written."""
+        self.finish_sliced()
+        state = self._state()
+        before = state.finalized
+        update = state.add_vote(vote, self.chain.ancestor_at)
+        if update.status == UNKNOWN:
+            self.pending.add(vote, now_ms)
+        return self._settle([update], [vote] if update.status == COUNTED else [], before)
 
-    def cancel(self) -> None:
-        """Drop the chunks no thread has started (the ones running finish and are ignored)."""
-        for future in self._futures:
-            future.cancel()
+    def add_certificate(self, cert: Certificate, now_ms: int) -> FinalityChange:
+        """Verify and apply a certificate from a peer: a finality certificate (to the next
+        checkpoint) is adopted, any other counted vote by vote. As ``add_vote``."""
+        self.finish_sliced()
+        state = self._state()
+        before = state.finalized
+        update = self._apply_certificate(state, cert)
+        if update.status == UNKNOWN:
+            self.pending.add(cert, now_ms)
+        return self._settle([update], list(cert.votes()) if update.status == COUNTED else [], before, moved=True)
 
+    def add_evidence(self, evidence: Evidence, now_ms: int) -> FinalityChange:
+        """Check a peer's evidence (FinalityError ``bad-evidence`` etc. if it is no proof),
+        catch its member and store it; ``evidence`` in the result is empty if the member was
+        caught already. Its votes are not counted (their member is caught)."""
+        self.finish_sliced()
+        state = self._state()
+        update = state.add_evidence(evidence)
+        return self._settle([update], [], state.finalized)
 
-def _passes_check_block(blocks: Sequence[Block], params: NetworkParams, now_ms: int) -> list[bool]:
-    passed = []
-    for block in blocks:
+    def record_own_vote(self, vote: Vote) -> None:
+        """Store this member's newest vote durably (synced) before returning: call it after
+        ``VoterGuard.record`` and before sending the vote; StoreError means do not send."""
+        self.finish_sliced()
+        self.store.record_own_vote(vote)
+
+    def own_votes(self, voter: bytes | None = None) -> list[Vote]:
+        """This node's newest own vote per key (``voter``'s only, if given): VoterGuard's past."""
+        return self.store.own_votes(voter)
+
+    def certificate_for(self, block: int | bytes) -> Certificate | None:
+        """The finality certificate of a finalized block, by main-chain height or by hash."""
+        return self._stored_certificate(FINALIZES, block)
+
+    def justification_for(self, block: int | bytes) -> Certificate | None:
+        """The certificate that justified a block above the finalized one, if any is kept."""
+        return self._stored_certificate(JUSTIFIES, block)
+
+    def proof_certificate(self, height: int) -> Certificate | None:
+        """The finality certificate of the lowest finalized main-chain block at or above
+        ``height``: with the headers up to it, what makes a block at ``height`` provably final."""
         try:
-            rules.check_block(block, params, now_ms)
-        except Exception:  # whatever it was, Chain.add meets it again inline and raises it there
-            passed.append(False)
-        else:
-            passed.append(True)
-    return passed
+            data = finality_store.first_certificate_from(self.store.db, FINALIZES, height)
+        except sqlite3.Error as exc:
+            raise store_error(exc, "reading a certificate") from None
+        cert = None if data is None else Certificate.decode(data)
+        if cert is None or not self._on_main(cert.source):
+            return None
+        return cert
 
-
-# --- opening: rebuild and re-check ------------------------------------------------------------
-def rebuild_chain(store: Store, genesis: Block, params: NetworkParams) -> Chain:
-    """The chain as the store's block index describes it, in the order the blocks arrived."""
-    chain = Chain(genesis, params)
-    if store.get_raw(genesis.hash) != genesis.encode():
-        raise LedgerDamaged(genesis.hash.hex(), 0, "the genesis row is missing or altered")
-    for block_hash, header_bytes, relay_id, last_seq, newest_ms, relay_key in store.iter_index():
-        if block_hash == genesis.hash:
-            continue
+    def evidence(self) -> list[Evidence]:
+        """Every stored proof of equivocation, one per caught member."""
         try:
-            header = Header.from_bytes(header_bytes)
-            result = chain.add_trusted(header, relay_id, last_seq, newest_ms, relay_key)
-        except (BlockDecodeError, RuleViolation) as exc:
-            raise LedgerDamaged(block_hash.hex(), _height_of(header_bytes), f"index: {exc}") from None
-        if result.entry.hash != block_hash or result.status == "duplicate":
-            raise LedgerDamaged(block_hash.hex(), header.height, "index: header does not hash to the block's hash")
-    stored_tip = store.tip_hash()
-    if stored_tip != chain.tip.hash:
-        entry = chain.get(stored_tip)
-        raise LedgerDamaged(stored_tip.hex(), -1 if entry is None else entry.height,
-                            f"stored tip is not the best chain's tip {chain.tip.hash.hex()} "
-                            f"at height {chain.height}")
-    return chain
+            rows = finality_store.evidence_rows(self.store.db)
+        except sqlite3.Error as exc:
+            raise store_error(exc, "reading evidence") from None
+        return [Evidence.decode(data) for _, _, data in rows]
 
+    def headers_between(self, low: int, high: int) -> list[Header]:
+        """Main-chain headers from height ``low`` to ``high`` inclusive, from the block index
+        the chain holds (no block is decoded); ValueError outside the chain or past
+        MAX_HEADERS_BETWEEN of them."""
+        if not 0 <= low <= high <= self.chain.height:
+            raise ValueError(f"heights {low}..{high} are not within the main chain 0..{self.chain.height}")
+        if high - low + 1 > MAX_HEADERS_BETWEEN:
+            raise ValueError(f"{high - low + 1} headers asked for, at most {MAX_HEADERS_BETWEEN} at a time")
+        return [self.chain.main_at(height).header for height in range(low, high + 1)]
 
-def recheck_newest(store: Store, chain: Chain, params: NetworkParams, count: int) -> None:
-    """Check the newest ``count`` main-chain blocks in full; raise LedgerDamaged on the first fault."""
-    for height in range(max(1, chain.height - count + 1), chain.height + 1):
-        entry = chain.main_at(height)
-        reason = _recheck(store, chain, entry, params)
-        if reason is not None:
-            raise LedgerDamaged(entry.hash.hex(), height, reason)
+    def _state(self) -> FinalityState:
+        state = self.chain.finality
+        if state is None:
+            raise FinalityError("finality-off", "an open network has no members, so no finality")
+        return state
 
+    def _apply_certificate(self, state: FinalityState, cert: Certificate) -> FinalityUpdate:
+        if cert.target.height != cert.source.height + self.params.checkpoint_interval:
+            return state.add_certificate(cert, self.chain.ancestor_at)
+        return state.adopt_finality(cert, self.chain.ancestor_at)
 
-def _recheck(store: Store, chain: Chain, entry: ChainEntry, params: NetworkParams) -> str | None:
-    """Why the stored block of main-chain ``entry`` or its rows are not what they must be, or None."""
-    raw = store.get_raw(entry.hash)
-    if raw is None:
-        return "block row missing"
-    try:
-        block = Block.decode(raw)
-    except BlockDecodeError as exc:
-        return f"stored block does not decode ({exc})"
-    if block.hash != entry.hash:
-        return "stored block does not hash to its key"
-    if (entry.relay_id, entry.last_seq, entry.newest_ms, entry.relay_key) != index_facts(block):
-        return "index relay/seq/newest/key columns differ from the payload"
-    try:
-        rules.check_block(block, params, block.header.time_ms)  # the clock rule as applied on arrival
-        parent = entry.parent
-        newest = chain.newest_of(block.capture.relay_id, parent)
-        rules.check_context(block, parent.height, chain.median_time_ms(parent),
-                            None if newest is None else newest.last_seq,
-                            None if newest is None else newest.relay_key)
-    except RuleViolation as exc:
-        return str(exc)
-    if store.main_hash_at(entry.height) != entry.hash:
-        return "main table does not list this block at its height"
-    return check_readings_rows(store.db, entry.height, block)
+    def _retry_pending(self, block_hashes: list[bytes], now_ms: int) -> FinalityChange | None:
+        """Feed what waited for these blocks (just stored) to the finality state. A write
+        that fails leaves its rows for the next one: the blocks themselves are stored."""
+        if self.chain.finality is None or not len(self.pending):
+            return None
+        self.pending.expire(now_ms)
+        items = [item for block_hash in block_hashes for item in self.pending.pop(block_hash)]
+        if not items:
+            return None
+        before = self.chain.finality.finalized
+        updates, counted = [], []
+        items.sort(key=lambda item: isinstance(item, Vote))  # certificates first: adopted before their votes count
+        state = self.chain.finality
+        for item in items:
+            try:
+                if isinstance(item, Vote):
+                    update = state.add_vote(item, self.chain.ancestor_at, verified=True)
+                    votes = [item]
+                else:
+                    update = self._apply_certificate(state, item)
+                    votes = list(item.votes())
+            except FinalityError:
+                continue  # checked when it came; only a rival finalized since can refuse it now
+            updates.append(update)
+            if update.status == COUNTED:
+                counted += votes
+        try:
+            return self._settle(updates, counted, before, moved=True)
+        except StoreError:
+            return None
 
+    def _settle(self, updates: list[FinalityUpdate], counted: list[Vote], before: Checkpoint,
+                moved: bool = False) -> FinalityChange:
+        """Store what the updates made and bring the chain in line: fork choice again, and
+        pruning if finality advanced, all in one transaction (module docstring)."""
+        state = self.chain.finality
+        update = merge_updates(updates)
+        rows = self._unsaved
+        final = state.finalized
+        rows.votes += [vote for vote in counted if vote.target.height >= final.height]
+        rows.certificates += [(JUSTIFIES, j.certificate) for j in update.justified]
+        rows.certificates += [(FINALIZES, f.certificate) for f in update.finalized]
+        rows.evidence += [(e.kind, e) for e in update.evidence]
+        if final.height > before.height:
+            state.prune(final.height)
+            self.pending.drop_below(final.height)
+            rows.finalized_height = final.height
+        result = None
+        if moved or update.justified or update.finalized or self._chain_due:
+            result = self.chain.reconsider()
+        doomed = self.chain.conflicting() if result is not None or rows.finalized_height is not None else []
+        rows.pruned = [entry.hash for entry in doomed]
+        reorg = None
+        if rows or result is not None:
+            try:
+                change = None if result is None else self._main_change(result, {})
+                reorg = None if result is None else LedgerUpdate(result, self._displaced(result, {}))
+                self.store.commit((), [change] if change else [], rows)
+            except BaseException:
+                if result is not None:
+                    self.chain.undo_reconsider(result)
+                self._chain_due = True
+                raise
+            self._unsaved = FinalityWrite()
+            self._chain_due = False
+            self.chain.remove(doomed)
+            self._drop_orphans_of(rows.pruned)
+        return FinalityChange(update.status, update.justified, update.finalized, update.evidence, update.conflicts,
+                              reorg, tuple(rows.pruned))
 
-def check_readings_rows(db: sqlite3.Connection, height: int, block: Block | None) -> str | None:
-    """Why the readings table's rows at ``height`` are not exactly ``block``'s, or None."""
-    stored = db.execute(f"SELECT {READING_SELECT} FROM readings WHERE block_height = ? "
-                        f"ORDER BY relay_id, seq", (height,)).fetchall()
-    expected = list(reading_rows([block])) if block is not None else []
-    if stored != expected:
-        return f"readings table holds {len(stored)} row(s) at this height that differ from the block's {len(expected)}"
-    return None
+    def _drop_orphans_of(self, pruned: Iterable[bytes]) -> None:
+        """Orphans waiting for a pruned block wait for ever: drop them and their own children."""
+        queue = deque(pruned)
+        while queue:
+            queue.extend(child.hash for child in self.orphans.pop_children(queue.popleft()))
 
+    def _stored_certificate(self, role: str, block: int | bytes) -> Certificate | None:
+        if isinstance(block, int):
+            entry = self.chain.main_at(block)
+            if entry is None:
+                return None
+            block = entry.hash
+        try:
+            data = finality_store.certificate_of(self.store.db, role, block)
+        except sqlite3.Error as exc:
+            raise store_error(exc, "reading a certificate") from None
+        return None if data is None else Certificate.decode(data)
 
-def index_facts(block: Block) -> tuple[str, int | None, int | None, bytes]:
-    """The payload facts the block index keeps beside each header: relay, last seq, newest time, key."""
-    c = block.capture
-    return c.relay_id, c.last_seq, c.newest_ms, c.relay_key
-
-
-def _height_of(header_bytes: bytes) -> int:
-    try:
-        return Header.from_bytes(header_bytes).height
-    except BlockDecodeError:
-        return -1
+    def _on_main(self, checkpoint: Checkpoint) -> bool:
+        entry = self.chain.main_at(checkpoint.height)
+        return entry is not None and entry.hash == checkpoint.hash

@@ -9,6 +9,7 @@ Tables (query them with any SQLite tool; ``readings_view`` shows hex hashes and 
   readings  the readings of main-chain blocks only, one row per (relay, seq): the signed
             row's seq, time, openings, flags and values, and the block holding it
   meta      network name, genesis hash, tip hash, schema version
+  votes, certificates, evidence, own_vote: finality (gridchain/ledger/finality_store.py)
 
 Readings rows as ``readings_page`` and ``relay_readings`` return them (READING_ROW):
   (relay_id, seq, timestamp_ms, openings, flags, vab, vbc, vca, ia, ib, ic, frequency,
@@ -19,6 +20,12 @@ Each accepted block, its readings and the new tip are written in ONE transaction
 failed commit is rolled back and leaves the store usable once the cause (a full disk, a
 read-only file) is fixed. SQLite failures surface as ``StoreError`` with a short reason.
 Only one process may write a store: it holds an advisory lock on ``<db>.lock`` while open.
+
+Schema versions: 3 adds the finality tables. A store of schema 2 (the version before
+finality) is migrated on open, in one transaction: the tables are added and the version
+set to 3; its blocks, readings and main chain are not touched. Any other version is
+refused with ``schema-version`` naming it (a newer node's store is never read by an older
+one, and a schema-2 node refuses a migrated store the same way, naming 3).
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import contextlib
 import fcntl
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,14 +42,21 @@ from gridchain.consensus.block import ROW_FIELDS
 
 from gridchain.consensus.errors import GridchainError
 from gridchain.consensus.block import Block
+from gridchain.consensus.finality import Vote
+from gridchain.ledger import finality_store
+from gridchain.ledger.finality_store import FinalityWrite
 
 DB_FILE = "chain.sqlite3"
-SCHEMA_VERSION = 2  # 2: signed readings (seq, flags, openings per reading), seals, gap notices
+SCHEMA_VERSION = 3  # 2: signed readings (seq, flags, openings per reading), seals, gap notices; 3: finality
+MIGRATES_FROM = 2  # the one older schema this node upgrades in place (module docstring)
 # How long a write waits for another connection's write lock (an operator's sqlite3 shell)
 # before failing; the node calls the store from its event loop, so this bounds a stall.
 BUSY_TIMEOUT_S = 2.0
 MAX_PAGE = 10_000  # readings per page: a few MB per answer at most
 INDEX_FETCH = 2_000  # rows per fetch while streaming the block index
+# A step of ``commit_steps``: this many readings rows written (a few ms), so a deep reorg's
+# rewrite of the main table can be spread over many turns of the event loop.
+COMMIT_STEP_ROWS = 2_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS blocks (
@@ -69,10 +83,11 @@ CREATE VIEW IF NOT EXISTS readings_view AS
            timestamp_ms, openings, flags, vab, vbc, vca, ia, ib, ic, frequency, power_factor, active_power,
            reactive_power, block_height, lower(hex(block_hash)) AS block_hash
     FROM readings;
-"""
+""" + finality_store.SCHEMA
 READING_COLUMNS = ("relay_id", *ROW_FIELDS, "block_height", "block_hash")  # one readings row, in order
 READING_SELECT = ", ".join(READING_COLUMNS)  # the columns, as SQL
-INDEX_COLUMNS = "hash, header, relay_id, last_seq, newest_ms, relay_key"  # what rebuilds the chain
+# What rebuilds the chain; a block's seqs run on by one, so its first is last - count + 1.
+INDEX_COLUMNS = "hash, header, relay_id, last_seq, newest_ms, relay_key, last_seq - n_readings + 1"
 _INSERT_BLOCK = f"INSERT INTO blocks VALUES ({', '.join('?' * 14)})"
 _INSERT_READING = f"INSERT INTO readings ({READING_SELECT}) VALUES ({', '.join('?' * len(READING_COLUMNS))})"
 
@@ -147,18 +162,17 @@ class Store:
                                             f"(tables {', '.join(sorted(tables))})")
         if not meta:
             with self.transaction("creating the store"):
-                for statement in _SCHEMA.split(";\n"):
-                    if statement.strip():
-                        self.db.execute(statement)
+                _run_script(self.db, _SCHEMA)
                 self.db.executemany("INSERT INTO meta VALUES (?, ?)", [
                     ("schema_version", SCHEMA_VERSION), ("network", network),
                     ("genesis", genesis.hash), ("tip", genesis.hash)])
                 self._insert_blocks([genesis])
                 self.db.execute("INSERT INTO main VALUES (0, ?)", (genesis.hash,))
             return
-        if meta.get("schema_version") != SCHEMA_VERSION:
-            raise StoreError("schema-version", f"{self.path} has schema {meta.get('schema_version')!r}, "
-                                               f"this node reads {SCHEMA_VERSION}")
+        version = meta.get("schema_version")
+        if version not in (SCHEMA_VERSION, MIGRATES_FROM):
+            raise StoreError("schema-version", f"{self.path} has schema {version!r}; this node reads "
+                                               f"{SCHEMA_VERSION} and migrates {MIGRATES_FROM}, nothing else")
         if meta.get("network") != network:
             raise StoreError("wrong-network", f"{self.path} holds network {meta.get('network')!r}, "
                                               f"not {network!r}")
@@ -167,6 +181,10 @@ class Store:
             raise StoreError("wrong-genesis", f"{self.path} starts from genesis "
                                               f"{stored.hex() if isinstance(stored, bytes) else stored!r}, "
                                               f"this network's is {genesis.hash.hex()} (another difficulty?)")
+        if version == MIGRATES_FROM:
+            with self.transaction(f"migrating the store from schema {MIGRATES_FROM} to {SCHEMA_VERSION}"):
+                _run_script(self.db, finality_store.SCHEMA)
+                self.db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,))
 
     def close(self) -> None:
         if self._lock_fd < 0:
@@ -195,28 +213,69 @@ class Store:
         except sqlite3.Error as exc:
             raise store_error(exc, doing) from None
 
-    def commit(self, blocks: Sequence[Block], changes: Sequence[MainChange] = ()) -> None:
-        """Insert ``blocks`` (in arrival order) and apply ``changes`` (in order), atomically."""
+    def commit(self, blocks: Sequence[Block], changes: Sequence[MainChange] = (),
+               finality: FinalityWrite | None = None, raws: Mapping[bytes, bytes] | None = None) -> None:
+        """Insert ``blocks`` (in arrival order), apply ``changes`` (in order) and then the
+        finality rows (votes, certificates, evidence, pruned side blocks), atomically.
+
+        ``raws``: block hash -> the block's bytes as received (``Block.encode()`` form),
+        stored as they are; a block missing from it is encoded here."""
+        for _ in self.commit_steps(blocks, changes, finality, raws):
+            pass
+
+    def commit_steps(self, blocks: Sequence[Block], changes: Sequence[MainChange] = (),
+                     finality: FinalityWrite | None = None, raws: Mapping[bytes, bytes] | None = None
+                     ) -> Iterator[None]:
+        """``commit``, one transaction yielding after each step of about COMMIT_STEP_ROWS rows:
+        the caller may serve other work between steps (reads on this connection see the
+        transaction's writes so far), and must write nothing else until it is exhausted."""
         fork_height, connected, tip = _net_change(changes)
         with self.transaction(f"committing {len(blocks)} block(s)"):
-            self._insert_blocks(blocks)
-            if tip is None:
-                return
-            self.db.execute("DELETE FROM readings WHERE block_height > ?", (fork_height,))
-            self.db.execute("DELETE FROM main WHERE height > ?", (fork_height,))
-            self.db.executemany("INSERT INTO main VALUES (?, ?)", [(b.height, b.hash) for b in connected])
-            self.db.executemany(_INSERT_READING, reading_rows(connected))
-            self.db.execute("UPDATE meta SET value = ? WHERE key = 'tip'", (tip,))
+            self._insert_blocks(blocks, raws)
+            if tip is not None:
+                top = self.db.execute("SELECT coalesce(max(height), 0) FROM main").fetchone()[0]
+                for height in range(top, fork_height, -1):  # one block's rows (<= 10,000) a step
+                    self.db.execute("DELETE FROM readings WHERE block_height = ?", (height,))
+                    yield
+                self.db.execute("DELETE FROM main WHERE height > ?", (fork_height,))
+                self.db.executemany("INSERT INTO main VALUES (?, ?)", [(b.height, b.hash) for b in connected])
+                rows: list[tuple] = []
+                for row in reading_rows(connected):
+                    rows.append(row)
+                    if len(rows) >= COMMIT_STEP_ROWS:
+                        self.db.executemany(_INSERT_READING, rows)
+                        rows.clear()
+                        yield
+                self.db.executemany(_INSERT_READING, rows)
+                self.db.execute("UPDATE meta SET value = ? WHERE key = 'tip'", (tip,))
+            if finality:
+                finality_store.write(self.db, finality)
 
-    def _insert_blocks(self, blocks: Sequence[Block]) -> None:
+    def record_own_vote(self, vote: Vote) -> None:
+        """Make ``vote`` its voter's newest own vote, durably, before returning: the commit
+        syncs the write-ahead log to disk (WAL with synchronous=FULL), so a vote is never
+        sent that a restart would not remember."""
+        with self.transaction("recording our own vote"):
+            finality_store.record_own_vote(self.db, vote)
+
+    def own_votes(self, voter: bytes | None = None) -> list[Vote]:
+        """The newest own vote of each key (of ``voter`` only, if given): VoterGuard's past."""
+        try:
+            return finality_store.own_votes(self.db, voter)
+        except sqlite3.Error as exc:
+            raise store_error(exc, "reading our own votes") from None
+
+    def _insert_blocks(self, blocks: Sequence[Block], raws: Mapping[bytes, bytes] | None = None) -> None:
         rows = []
+        raws = raws or {}
         for block in blocks:
+            raw = raws.get(block.hash)
             c = block.capture
             gap = c.gap
             rows.append((block.hash, block.height, block.prev_hash, self._next_seq, block.header.to_bytes(),
                          c.relay_id, c.relay_key, c.last_seq, c.newest_ms, len(c.readings), len(c.seals),
                          None if gap is None else gap.resume_seq, None if gap is None else gap.boot_ms,
-                         block.encode()))
+                         block.encode() if raw is None else raw))
             self._next_seq += 1
         self.db.executemany(_INSERT_BLOCK, rows)
 
@@ -251,8 +310,8 @@ class Store:
     def count_blocks(self) -> int:
         return self._one("SELECT count(*) FROM blocks", (), "counting blocks")[0]
 
-    def iter_index(self) -> Iterator[tuple[bytes, bytes, str, int | None, int | None, bytes]]:
-        """(hash, header, relay_id, last_seq, newest_ms, relay_key) of every block, in arrival order.
+    def iter_index(self) -> Iterator[tuple[bytes, bytes, str, int | None, int | None, bytes, int | None]]:
+        """(hash, header, relay_id, last_seq, newest_ms, relay_key, first_seq) of every block, in arrival order.
 
         Parents always arrive before their children, so the chain can be rebuilt in this
         order without decoding a single payload.
@@ -329,7 +388,8 @@ class Store:
         return None if row is None else (row[0], row[1])
 
     def gaps(self) -> list[Gap]:
-        """Every hole in a relay's sequence on the main chain (each one the relay signed)."""
+        """Every hole left in a relay's sequence on the main chain (each one the relay signed
+        as lost, less what later blocks filled in)."""
         try:
             return main_chain_gaps(self.db)
         except sqlite3.Error as exc:
@@ -338,11 +398,12 @@ class Store:
 
 @dataclass(frozen=True, slots=True)
 class Gap:
-    """Readings a relay signed as lost: seqs ``first_seq``..``last_seq`` (inclusive) never
-    reached the chain. ``after_ms`` is the time of the relay's reading just before, ``resume_ms``
-    that of the first reading after; ``boot_ms`` is
-    the relay's own restart time from its notice; ``height``/``block_hash`` name the block
-    carrying the notice."""
+    """Readings a relay signed as lost that are not on the main chain: seqs ``first_seq``..
+    ``last_seq`` (inclusive). ``after_ms`` is the time of the relay's reading just before,
+    ``resume_ms`` that of the reading just after (the notice's first, or a filled-in one);
+    ``boot_ms`` is the relay's own restart time from its notice; ``height``/``block_hash``
+    name the block carrying the notice. A notice's hole partly filled in later (rules:
+    a block may fill an open gap) shows as the one or more holes that remain."""
 
     relay_id: str
     first_seq: int
@@ -361,24 +422,42 @@ class Gap:
 
 
 def main_chain_gaps(db: sqlite3.Connection) -> list[Gap]:
-    """The gaps of the main chain, oldest block first, from the blocks' notices and the readings table."""
+    """The unfilled gaps of the main chain, oldest notice first, from the notices and the readings table.
+
+    A notice at height h resuming at R opened the hole between the relay's last reading
+    below h and R; the readings now inside it can only be fills (higher blocks), so what
+    remains is the hole less those rows, found by walking them in seq order.
+    """
     gaps = []
     for relay_id, resume, boot_ms, height, block_hash in db.execute(
             "SELECT b.relay_id, b.gap_resume_seq, b.gap_boot_ms, b.height, b.hash FROM blocks b "
             "JOIN main m ON m.hash = b.hash WHERE b.gap_resume_seq IS NOT NULL ORDER BY b.height").fetchall():
+        # "+block_height": walk the (relay, seq) key down from R past the fills, not the height index.
         before = db.execute("SELECT seq, timestamp_ms FROM readings WHERE relay_id = ? AND seq < ? "
-                            "ORDER BY seq DESC LIMIT 1", (relay_id, resume)).fetchone()
+                            "AND +block_height < ? ORDER BY seq DESC LIMIT 1", (relay_id, resume, height)).fetchone()
+        filled = db.execute("SELECT seq, timestamp_ms FROM readings WHERE relay_id = ? AND seq > ? AND seq < ? "
+                            "ORDER BY seq", (relay_id, 0 if before is None else before[0], resume)).fetchall()
         if before is None:
-            # The relay's first block: its sequence starts where it starts (a relay whose key
-            # was made before its first start begins with a notice at a clock-derived seq).
-            continue
-        if before[0] + 1 >= resume:
-            continue  # a notice the relay sent although nothing was lost
+            if not filled:
+                # The relay's first block: its sequence starts where it starts (a relay whose key
+                # was made before its first start begins with a notice at a clock-derived seq).
+                continue
+            before, filled = filled[0], filled[1:]  # nothing is known below the lowest filled-in reading
         resumed = db.execute("SELECT timestamp_ms FROM readings WHERE relay_id = ? AND seq = ?",
                              (relay_id, resume)).fetchone()
-        gaps.append(Gap(relay_id, before[0] + 1, resume - 1, before[1],
-                        None if resumed is None else resumed[0], boot_ms, height, block_hash))
+        for seq, timestamp_ms in [*filled, (resume, None if resumed is None else resumed[0])]:
+            if seq > before[0] + 1:  # a notice the relay sent although nothing was lost leaves no hole
+                gaps.append(Gap(relay_id, before[0] + 1, seq - 1, before[1], timestamp_ms, boot_ms, height,
+                                block_hash))
+            before = (seq, timestamp_ms)
     return gaps
+
+
+def _run_script(db: sqlite3.Connection, script: str) -> None:
+    """Run each statement of ``script`` (executescript would commit the open transaction)."""
+    for statement in script.split(";\n"):
+        if statement.strip():
+            db.execute(statement)
 
 
 def _connect(path: Path) -> sqlite3.Connection:

@@ -5,12 +5,14 @@ Gossip knows nothing of storage or validation. It talks to the node through a Ch
 arrives at one ``on_<type>`` method here. The node's listener hands it the inbound
 connections whose first frame is a peer's (``accept``); it dials the configured peers itself.
 The handshake and keepalive are the sans-IO gridchain.net.protocol, sync progress is
-gridchain.net.sync, and what each fault costs a peer is gridchain.net.penalties.
+gridchain.net.sync, finality votes, evidence and certificates are gridchain.net.finality_gossip
+(attached on a network with members), and what each fault costs a peer is gridchain.net.penalties.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,17 +22,21 @@ import structlog
 
 from gridchain.config import DEFAULT_BAN_SECONDS, DEFAULT_REDIAL_MAX_S, Address
 from gridchain.consensus.block import Block, short_hash
+from gridchain.identity.tls import TlsError, TlsIdentity, TlsLink, peer_key, session_binding
 from gridchain.net import sync as sync_rules
+from gridchain.net.answer_budget import REPEAT_BURST_BYTES, REPEAT_RATE_BYTES_S, AnswerBudget
+from gridchain.net.handshake import NONCE_SIZE
 from gridchain.net.messages import (
     MAX_BLOCKS_PER_MESSAGE, PROTOCOL_VERSION, BlockMessage, Blocks, GetBlocks, Hello, Reject, Tip, blocks_frame,
     decode_message, encode_message,
 )
-from gridchain.net.peer import Peer
+from gridchain.net.finality_gossip import AHEAD_FOR_SYNC, FinalityGossip, FinalityView
+from gridchain.net.peer import DEAD_LINK_REASONS, Peer
 from gridchain.net.penalties import BLOCK, cost_of
 from gridchain.net.protocol import ProtocolViolation
 from gridchain.wire.frames import encode_frame
 from gridchain.wire.reconnect import Reconnect
-from gridchain.wire.streams import READ_CHUNK, FrameReader
+from gridchain.wire.streams import READ_CHUNK, UNPROVEN_MAX_FRAME, FrameReader
 
 log = structlog.get_logger()
 
@@ -40,9 +46,24 @@ TIP_INTERVAL_S = 10.0
 # Redial backoff for configured peers: doubling from this first delay (capped by redial_max_s).
 DIAL_FIRST_DELAY_S = 0.25
 DIAL_TIMEOUT_S = 5.0
-# Tip announcements beyond this rate per peer are dropped unprocessed (a flood is cheap to ignore).
+# After a link died (``ping-timeout``: a cut, not a refusal) its peer is redialled at once and
+# then at least this often for FAST_REDIAL_FOR_S, each try bounded by FAST_DIAL_TIMEOUT_S: a
+# silent cut swallows SYNs, and the doubling backoff (with SYNs retried at 1 s, 3 s) would
+# otherwise find the healed path seconds late. A SYN a second to a few peers costs nothing.
+FAST_REDIAL_S = 0.5
+FAST_DIAL_TIMEOUT_S = 1.5
+FAST_REDIAL_FOR_S = 300.0
+# Host names that reach this machine's own listener when paired with its port.
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0"})
+# Tip announcements beyond this rate per peer are not processed at once (a flood is cheap to ignore).
 TIP_RATE_PER_S = 20.0
 TIP_BURST = 40
+# Announcements past the rate are collapsed to the newest and it is taken once the bucket
+# refills: a link that was stuck (TCP holds what was written before the peer noticed) brings
+# its tips in one burst, and the newest is the one that matters. More than this many past
+# the rate is beyond what an honest sender ever queues (it collapses its own queue and drops
+# a dead link within seconds): a flood, logged and dropped unread.
+TIP_HELD_MAX = TIP_BURST
 # Bans held at once (oldest forgotten first): node keys cost nothing to make, so a peer
 # coming back under ever new keys could otherwise grow the ban list without end.
 MAX_BANS = 10_000
@@ -71,7 +92,13 @@ class ChainView(Protocol):
     def locator(self) -> list[bytes]: ...
     # Main-chain blocks after the locator's fork as (hash, stored bytes), and whether more follow.
     def blocks_for_locator(self, locator: list[bytes], limit: int) -> tuple[list[tuple[bytes, bytes]], bool]: ...
-    async def receive_blocks(self, blocks: list[Block], peer: str, via_sync: bool) -> ReceiveResult: ...
+    def height_of(self, block_hash: bytes) -> int: ...  # of a block in the tree
+    # A sync batch: its context-free checks start in threads now (a handle for receive_blocks, or None).
+    def check_ahead(self, blocks: list[Block]) -> object | None: ...
+    # ``raws``: the blocks' wire bytes, in order (stored as they are, not encoded again);
+    # ``checks``: what check_ahead started for exactly these blocks.
+    async def receive_blocks(self, blocks: list[Block], peer: str, via_sync: bool,
+                             raws: list[bytes] | None = None, checks: object | None = None) -> ReceiveResult: ...
 
 
 @dataclass(slots=True)
@@ -79,25 +106,42 @@ class _TipBucket:
     tokens: float = TIP_BURST
     at: float = field(default_factory=time.monotonic)
     warned: bool = False  # the first dropped announcement is logged, the rest are not
+    held: Tip | None = None  # the newest announcement past the rate, taken when a token is back
+    excess: int = 0  # announcements past the rate since the bucket was last full
+    flooding: bool = False  # past TIP_HELD_MAX: nothing is held until the bucket is full again
 
     def take(self, now: float) -> bool:
         self.tokens = min(TIP_BURST, self.tokens + (now - self.at) * TIP_RATE_PER_S)
         self.at = now
+        if self.tokens >= TIP_BURST:
+            self.excess, self.flooding = 0, False
         if self.tokens < 1:
             return False
         self.tokens -= 1
+        return True
+
+    def hold(self, message: Tip) -> bool:
+        """Keep ``message`` (past the rate) as the newest to take later; False once it is a flood."""
+        self.excess += 1
+        if self.flooding or self.excess > TIP_HELD_MAX:
+            self.flooding, self.held = True, None
+            return False
+        self.held = message
         return True
 
 
 class Gossip:
     """Every peer connection of one node, and the rules for what travels over them."""
 
-    def __init__(self, *, chain: ChainView, node_key: bytes, name: str, port: int = 0,
-                 peers: tuple[Address, ...] = (), ban_seconds: float = DEFAULT_BAN_SECONDS,
-                 redial_max_s: float = DEFAULT_REDIAL_MAX_S,
-                 decode: Callable[[object], object] = decode_message) -> None:
+    def __init__(self, *, chain: ChainView, node_key: bytes, sign: Callable[[bytes], bytes], name: str,
+                 port: int = 0, peers: tuple[Address, ...] = (), members: frozenset[bytes] | None = None,
+                 ban_seconds: float = DEFAULT_BAN_SECONDS, redial_max_s: float = DEFAULT_REDIAL_MAX_S,
+                 decode: Callable[[object], object] = decode_message, tls: TlsIdentity | None = None) -> None:
         self.chain = chain
+        self.tls = tls if tls is not None and tls.peer_tls else None  # None: plaintext links (an open network)
         self.node_key = node_key
+        self.sign = sign  # signs with node_key's private key: our handshake proofs
+        self.members = members  # the keys that may be peers (None: an open network, any key)
         self.name = name
         self.port = port  # our listen port, as told in hello (0: we accept no connections)
         self.configured = peers
@@ -108,13 +152,23 @@ class Gossip:
         self.connections: set[Peer] = set()  # every live connection, handshaking or ready
         self.banned: dict[str, float] = {}  # node key hex or listen address -> monotonic expiry
         self.sync = sync_rules.SyncState()
+        self._held: tuple[Peer, Blocks, object | None] | None = None  # a sync answer being checked, stored next
         self._tip_buckets: dict[int, _TipBucket] = {}
+        self._answer_budgets: dict[int, AnswerBudget] = {}  # get_blocks answers, per link
         self._peer_changed = asyncio.Event()
+        self.alone_since: float | None = time.monotonic()  # no ready peer since then (None: some)
+        self._sync_held: dict[str, float] = {}  # peer listen address -> no sync from it before then
+        self.finality: FinalityGossip | None = None  # votes and certificates (attach_finality)
         self.log = log.bind(node=name)
 
     @property
     def sync_peer(self) -> Peer | None:
         return self.sync.peer
+
+    def attach_finality(self, view: FinalityView) -> FinalityGossip:
+        """Carry finality votes, evidence and certificates for ``view`` (a network with members)."""
+        self.finality = FinalityGossip(view, lambda: self.peers.values(), behind=self._vote_ahead)
+        return self.finality
 
     # --- lifecycle -----------------------------------------------------------------------
     async def run(self) -> None:
@@ -155,10 +209,33 @@ class Gossip:
     def inbound_count(self) -> int:
         return sum(1 for p in self.connections if p.inbound)
 
-    async def accept(self, frames: FrameReader, writer: asyncio.StreamWriter, address: str) -> None:
-        """Run an inbound connection whose first frame (still unread in ``frames``) is a peer's."""
-        await self._run_peer(Peer(frames, writer, handler=self, hello=self.make_hello(), inbound=True,
-                                  address=address, decode=self.decode))
+    async def accept(self, frames: FrameReader, writer: asyncio.StreamWriter, address: str,
+                     link: TlsLink | None = None) -> None:
+        """Run an inbound peer connection (``link``: what its TLS handshake established, if TLS)."""
+        await self._run_peer(self._peer(frames, writer, inbound=True, address=address, link=link))
+
+    def _peer(self, frames: FrameReader, writer: asyncio.StreamWriter, *, inbound: bool, address: str,
+              link: TlsLink | None = None) -> Peer:
+        return Peer(frames, writer, handler=self, hello=self.make_hello(), inbound=inbound, address=address,
+                    sign=self.sign, members=self.members, decode=self.decode, link=link)
+
+    async def _open(self, address: Address) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, TlsLink | None]:
+        """Dial ``address``: TCP, then (with a network file) TLS 1.3 checked against the members."""
+        if self.tls is None:
+            reader, writer = await asyncio.open_connection(address.host, address.port, limit=READ_CHUNK)
+            return reader, writer, None
+        reader, writer = await asyncio.open_connection(address.host, address.port, limit=READ_CHUNK,
+                                                       ssl=self.tls.context("peer-client"),
+                                                       ssl_handshake_timeout=DIAL_TIMEOUT_S)
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        try:
+            key = peer_key(der)
+            if key not in self.tls.members:
+                raise TlsError("not-a-member", f"certificate key {key.hex()[:16]} is not in the network file")
+        except TlsError:
+            writer.transport.abort()
+            raise
+        return reader, writer, TlsLink(peer_key=key, binding=session_binding(self.tls.cert_der, der))
 
     async def _run_peer(self, peer: Peer) -> None:
         self.connections.add(peer)
@@ -170,6 +247,7 @@ class Gossip:
     async def _dial_forever(self, address: Address) -> None:
         backoff = Reconnect(first_delay=DIAL_FIRST_DELAY_S, max_delay=self.redial_max_s)
         target = str(address)
+        fast_until = 0.0  # redial fast until then: the last link to this peer died (FAST_REDIAL_S)
         while True:
             if self._connected_to(target) or self.is_banned(target):
                 self._peer_changed.clear()
@@ -179,26 +257,46 @@ class Gossip:
                 except TimeoutError:
                     pass
                 continue
+            fast = time.monotonic() < fast_until
             try:
-                async with asyncio.timeout(DIAL_TIMEOUT_S):
-                    reader, writer = await asyncio.open_connection(address.host, address.port, limit=READ_CHUNK)
-            except (OSError, TimeoutError) as exc:
+                async with asyncio.timeout(FAST_DIAL_TIMEOUT_S if fast else DIAL_TIMEOUT_S):
+                    reader, writer, link = await self._open(address)
+            except (OSError, TimeoutError, TlsError) as exc:
                 if backoff.failed(time.monotonic()):
                     self.log.info("peer.dial_failed", peer=target, error=str(exc) or type(exc).__name__,
-                                  retry_s=round(backoff.delay, 2))
-                await backoff.wait()
+                                  retry_s=round(min(backoff.delay, FAST_REDIAL_S) if fast else backoff.delay, 2))
+                wait = backoff.next_wait()
+                await asyncio.sleep(min(wait, FAST_REDIAL_S) if fast else wait)
                 continue
             if backoff.succeeded():
                 self.log.info("peer.restored", peer=target)
-            peer = Peer(FrameReader(reader), writer, handler=self, hello=self.make_hello(), inbound=False,
-                        address=target, decode=self.decode)
+            peer = self._peer(FrameReader(reader, first_cap=UNPROVEN_MAX_FRAME), writer, inbound=False,
+                              address=target, link=link)
             await self._run_peer(peer)
-            if peer.close_reason == "self":
-                self.log.info("peer.dial_stopped", peer=target, reason="self")
-                return
+            if peer.protocol.found_self:
+                # Proven, not told: the listener signed this connection's nonces with our own
+                # key. An echo or a mere `reject self` from the other end never gets here.
+                if self._is_own_address(address):
+                    self.log.info("peer.dial_stopped", peer=target, reason="self")
+                    return
+                # Someone at another address passed our own bytes back to us (a squatter on a
+                # member's address): no reason to give the address up, only to slow down.
+                if backoff.failed(time.monotonic()):
+                    self.log.warning("peer.dial_reached_self", peer=target, retry_s=round(backoff.delay, 2))
+                await backoff.wait()
+                continue
             if peer.hello is not None:
                 backoff.reset()  # it worked once: come back quickly
+            if peer.close_reason in DEAD_LINK_REASONS:
+                # The path died under a working link (a cut, a frozen host): no reason to wait
+                # before the first try, and every reason to keep trying briskly for a while.
+                fast_until = time.monotonic() + FAST_REDIAL_FOR_S
+                continue
             await backoff.wait()
+
+    def _is_own_address(self, address: Address) -> bool:
+        """The dialled address is this node's own listener (a configuration slip, not an attack)."""
+        return address.port == self.port and address.host in LOOPBACK_HOSTS
 
     def _connected_to(self, address: str) -> bool:
         return any(p.listen_address == address or (not p.inbound and p.address == address)
@@ -206,16 +304,25 @@ class Gossip:
 
     # --- handshake (called by Peer) ---------------------------------------------------------
     def make_hello(self) -> Hello:
+        """Our hello for one new connection, with a nonce of its own (never reused)."""
         height, tip, work = self.chain.tip_info()
         return Hello(version=PROTOCOL_VERSION, network=self.chain.network, genesis=self.chain.genesis_hash,
                      node_key=self.node_key, listen_port=self.port, height=height, tip=tip, work=work,
-                     agent=AGENT, name=self.name)
+                     agent=AGENT, name=self.name, nonce=os.urandom(NONCE_SIZE))
 
     def admit(self, peer: Peer, hello: Hello) -> None:
-        """The node-wide part of checking a hello (the protocol checked network and self)."""
+        """The node-wide part of checking a hello, once its key is proven (the protocol checked
+        network, self and membership)."""
         if self.is_banned(hello.node_key.hex()):
             raise ProtocolViolation("banned", "node is banned")
         existing = self.peers.get(hello.node_key)
+        if existing is not None and existing.link_state(time.monotonic()) == "stale":
+            # Our link to it is not answering: the peer, which is dialling us again, found it
+            # dead first. The new link replaces it, whoever dialled either.
+            existing.close("ping-timeout", "replaced by a new link from the same peer")
+            existing.writer.transport.abort()
+            self.peers.pop(hello.node_key, None)
+            existing = None
         if existing is not None:
             # Both ends decide alike: keep the link dialled by the smaller key, so two nodes
             # that dial each other at once end up with exactly one connection, not zero.
@@ -227,26 +334,36 @@ class Gossip:
 
     async def on_peer_ready(self, peer: Peer) -> None:
         self.peers[peer.node_key] = peer
+        self.alone_since = None
         self._peer_changed.set()
         self.log.info("peer.connected", peer=peer.listen_address, node_key=peer.node_key.hex()[:16],
                       name=peer.hello.name if peer.hello else "", inbound=peer.inbound, height=peer.height)
+        if self.finality is not None:
+            self.finality.greet(peer)
         self._maybe_sync(peer)
 
     async def on_peer_closed(self, peer: Peer, reason: str, ban: bool) -> None:
         # One event per connection that ends for a reason: banned, disconnected or refused.
-        # A peer that never said hello has no identity worth a ban entry (its address is an
-        # ephemeral port), so it is only refused.
+        # A peer that never proved its key has no identity worth a ban entry (its hello is a
+        # claim anybody can make, its address an ephemeral port), so it is only refused.
         ready = peer.hello is not None and self.peers.get(peer.node_key) is peer
         if ready:
             del self.peers[peer.node_key]
             self._peer_changed.set()
+            if not self.peers:
+                self.alone_since = time.monotonic()
         if ban and peer.hello is not None:
             self.ban(peer, reason)
         elif ready:
             self.log.info("peer.disconnected", peer=peer.listen_address, reason=reason, detail=peer.close_detail)
         elif reason not in QUIET_CLOSE_REASONS:
-            self.log.info("peer.refused", peer=peer.listen_address, reason=reason, detail=peer.close_detail)
+            # The claimed key is logged as such: it names who the peer said it was, not who it is.
+            self.log.info("peer.refused", peer=peer.listen_address, reason=reason, detail=peer.close_detail,
+                          claimed_key=peer.claimed_key.hex()[:16], proven=peer.protocol.proven)
         self._tip_buckets.pop(id(peer), None)
+        self._answer_budgets.pop(id(peer), None)
+        if self._held is not None and self._held[0] is peer:
+            self._drop_held()
         if self.sync.peer_gone(peer):
             self._sync_from_best()
 
@@ -256,14 +373,43 @@ class Gossip:
 
     async def on_tip(self, peer: Peer, message: Tip) -> None:
         bucket = self._tip_buckets.setdefault(id(peer), _TipBucket())
-        if not bucket.take(time.monotonic()):
-            if not bucket.warned:
-                bucket.warned = True
-                self.log.warning("peer.rate_limited", peer=peer.listen_address, reason="tip-flood",
-                                 rate_per_s=TIP_RATE_PER_S, burst=TIP_BURST)
+        if bucket.take(time.monotonic()):
+            bucket.held = None  # this one is newer than any held
+            self._take_tip(peer, message)
             return
+        first = bucket.held is None
+        if bucket.hold(message):
+            if first:  # one timer per held announcement; a newer one just takes its place
+                asyncio.get_running_loop().call_later(1 / TIP_RATE_PER_S, self._take_held_tip, peer, bucket)
+            return
+        if not bucket.warned:
+            bucket.warned = True
+            self.log.warning("peer.rate_limited", peer=peer.listen_address, reason="tip-flood",
+                             rate_per_s=TIP_RATE_PER_S, burst=TIP_BURST, held_max=TIP_HELD_MAX)
+
+    def _take_held_tip(self, peer: Peer, bucket: _TipBucket) -> None:
+        """The newest announcement a burst brought past the rate, once the bucket has a token."""
+        if bucket.held is None or self._tip_buckets.get(id(peer)) is not bucket:
+            return  # taken by a newer one, dropped as a flood, or the peer is gone
+        if not bucket.take(time.monotonic()):
+            asyncio.get_running_loop().call_later(1 / TIP_RATE_PER_S, self._take_held_tip, peer, bucket)
+            return
+        message, bucket.held = bucket.held, None
+        self._take_tip(peer, message)
+
+    def _take_tip(self, peer: Peer, message: Tip) -> None:
         peer.height, peer.tip, peer.work = message.height, message.tip, message.work
+        held = self._sync_held.get(peer.listen_address)
+        if held is not None and held > time.monotonic():
+            return  # its blocks were refused (too new for our clock): its tips start no failing sync
         self._maybe_sync(peer)
+
+    def hold_sync(self, address: str, seconds: float) -> None:
+        """Start no sync from the peer at ``address`` on its tips for ``seconds`` (its blocks
+        were refused in a way that retrying soon cannot change, e.g. too new for our clock)."""
+        if len(self._sync_held) >= MAX_BANS:
+            self._sync_held.clear()
+        self._sync_held[address] = time.monotonic() + seconds
 
     async def on_block(self, peer: Peer, message: BlockMessage) -> None:
         block = message.block
@@ -284,20 +430,80 @@ class Gossip:
     async def on_get_blocks(self, peer: Peer, message: GetBlocks) -> None:
         limit = min(message.limit, MAX_BLOCKS_PER_MESSAGE)
         stored, more = self.chain.blocks_for_locator(list(message.locator), limit)
+        await self._pay_for_answer(peer, stored)
         for block_hash, _ in stored:
             peer.known.add(block_hash)
-        peer.send_frame(blocks_frame([raw for _, raw in stored], more))
+        # One finality certificate a batch: the receiver checks it, not one per block.
+        cert = None if self.finality is None or not stored else self.finality.view.sync_certificate(stored[-1][0])
+        peer.send_frame(blocks_frame([raw for _, raw in stored], more,
+                                     certificate=None if cert is None else cert.encode()))
+
+    async def _pay_for_answer(self, peer: Peer, stored: list[tuple[bytes, bytes]]) -> None:
+        """Charge the blocks the peer had from us on this link already (gridchain.net.answer_budget):
+        hold the answer back while the link's budget refills, or drop and ban a flood."""
+        if not stored:
+            return
+        budget = self._answer_budgets.get(id(peer))
+        if budget is None:
+            budget = self._answer_budgets[id(peer)] = AnswerBudget(time.monotonic())
+        wait = budget.charge(self.chain.height_of(stored[0][0]), [len(raw) for _, raw in stored], time.monotonic())
+        if wait is None:
+            raise ProtocolViolation("get-blocks-flood", f"asked for {budget.repeat_bytes} bytes of blocks it had "
+                                                        f"from us already")
+        if wait:
+            if budget.throttled == 1:
+                self.log.warning("peer.rate_limited", peer=peer.listen_address, reason="get-blocks-flood",
+                                 rate_bytes_s=REPEAT_RATE_BYTES_S, burst_bytes=REPEAT_BURST_BYTES,
+                                 wait_s=round(wait, 3))
+            await asyncio.sleep(wait)
 
     async def on_blocks(self, peer: Peer, message: Blocks) -> None:
         if not self.sync.answer_arrived(peer, message, time.monotonic()):
             return  # a late answer to a request we gave up on
-        # An orphan we hold is sent on with the rest: the run links in order, so dropping it
-        # would leave every block after it parentless, and it, with no sender, stranded.
-        blocks = [b for b in message.blocks if not self.chain.is_linked(b.hash)]
+        # Ask for the next batch now, before this one is checked and stored: the peer
+        # prepares it meanwhile, instead of the check threads waiting out a round trip.
+        ahead = self.sync.ask_ahead(peer, message, self.chain.locator(), time.monotonic())
+        if ahead is not None:
+            peer.send(ahead)
         for block in message.blocks:
             peer.known.add(block.hash)
+        # With more on the way, this answer's checks start in the threads now and it waits
+        # its turn, while the answer before it (kept aside, checked meanwhile) is stored.
+        held = self._held
+        self._held = None
+        if ahead is not None:
+            self._held = (peer, message, self.chain.check_ahead(list(message.blocks)))
+        if held is not None:
+            if held[0] is peer:
+                await self._store_answer(peer, held[1], held[2])
+            else:
+                _cancel(held[2])  # kept from another peer's round: nothing to store it for
+            if not self.sync.waiting(peer, message):
+                self._drop_held()  # the round ended, or the answer before broke a rule
+                return
+        if ahead is None:
+            await self._store_answer(peer, message, None)
+
+    def _drop_held(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            _cancel(held[2])
+
+    async def _store_answer(self, peer: Peer, message: Blocks, checks: object | None) -> None:
+        """Hand one sync answer's blocks to the chain, then ask for more or end the round."""
+        # An orphan we hold is sent on with the rest: the run links in order, so dropping it
+        # would leave every block after it parentless, and it, with no sender, stranded.
+        picked = [i for i, b in enumerate(message.blocks) if not self.chain.is_linked(b.hash)]
+        blocks = [message.blocks[i] for i in picked]
+        raws = [message.raw[i] for i in picked] if len(message.raw) == len(message.blocks) else None
+        if len(blocks) != len(message.blocks):
+            _cancel(checks)  # started for the whole answer; the ledger checks the rest itself
+            checks = None
         if blocks:
-            result = await self.chain.receive_blocks(blocks, peer.listen_address, via_sync=True)
+            result = await self.chain.receive_blocks(blocks, peer.listen_address, via_sync=True, raws=raws,
+                                                     checks=checks)
+            if result.invalid is not None:
+                self.sync.cancel_ahead(message)  # what follows a refused block cannot link: not wanted
             self._judge(result)
             if not result.accepted and not result.missing_parent:
                 # Valid, yet none taken: our store refused them (disk full or read-only).
@@ -305,14 +511,34 @@ class Gossip:
                 self.sync.end()
                 return
             self.announce_tip()
+        if message.certificate is not None and self.finality is not None:
+            # After the blocks: its checkpoint must be in the tree to be adopted.
+            self.finality.receive_certificates(peer, (message.certificate,))
         height, _, work = self.chain.tip_info()
         request = self.sync.answer_handled(peer.node_key, message, len(blocks), peer.work, work,
                                            self.chain.locator(), time.monotonic())
         if request is not None:
             peer.send(request)
-        else:
+        elif self.sync.peer is None:
             self.log.info("sync.done", peer=peer.listen_address, height=height)
             self._sync_from_best()
+
+    async def on_vote(self, peer: Peer, message) -> None:
+        if self.finality is not None:
+            await self.finality.on_vote(peer, message)
+
+    async def on_evidence(self, peer: Peer, message) -> None:
+        if self.finality is not None:
+            await self.finality.on_evidence(peer, message)
+
+    async def on_certificates(self, peer: Peer, message) -> None:
+        if self.finality is not None:
+            await self.finality.on_certificates(peer, message)
+
+    def _vote_ahead(self, peer: Peer, height: int) -> None:
+        """A peer voted for a block we lack well past our tip: it is ahead, ask it for blocks."""
+        if height > self.chain.tip_info()[0] + AHEAD_FOR_SYNC:
+            self._request_sync(peer)
 
     def _judge(self, result: ReceiveResult) -> None:
         """Raise for a block that broke a rule, unless its cost is to keep the sender."""
@@ -374,9 +600,16 @@ class Gossip:
         height, tip, work = self.chain.tip_info()
         frame = encode_frame(encode_message(Tip(height=height, tip=tip, work=work)))
         for peer in list(self.peers.values()):
-            peer.send_frame(frame)
+            peer.send_tip(frame)  # replaces an older tip still queued for a slow link
 
     async def _announce_periodically(self) -> None:
         while True:
             await asyncio.sleep(TIP_INTERVAL_S)
             self.announce_tip()
+
+
+def _cancel(checks: object | None) -> None:
+    """Stop checks that check_ahead started, for blocks that will not be stored after all."""
+    cancel = getattr(checks, "cancel", None)
+    if cancel is not None:
+        cancel()

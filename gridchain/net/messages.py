@@ -3,7 +3,8 @@
 A message travels in one frame (gridchain.wire.frames) as the msgpack array ``[type, body]``: the
 type a str, the body a map with str keys. ``encode_message`` builds that array from a
 dataclass; ``decode_message`` turns a decoded frame back into one and trusts nothing. Every
-field must be present with its exact msgpack type (bool is not int, float is not int, nil
+field must be present (but hello's ``nonce``: a hello without one is refused by the
+handshake, with a name) with its exact msgpack type (bool is not int, float is not int, nil
 only where a field says so), hashes and keys exactly 32 bytes, integers in range, lists
 within their caps. Keys a receiver does not know are ignored, so a later version can add
 fields. Each failure is a ``MessageError`` with one of five stable reasons; no input makes
@@ -18,17 +19,21 @@ docs/protocol.md describes every message field by field.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import msgpack
 
 from gridchain.consensus.block import KEY_SIZE, MAX_TEXT_BYTES, Block
+from gridchain.consensus.finality import Certificate, Evidence, FinalityError, Vote
+from gridchain.consensus.finality_certs import MAX_SIGNERS
+from gridchain.consensus.finality_votes import EVIDENCE_SIZE, VOTE_SIZE
+from gridchain.net.handshake import NONCE_SIZE
 from gridchain.wire.codec import MAX_CODE, MAX_DETAIL, decoder, encode_message
 # MessageError is this module's API too.
 from gridchain.wire.fields import (
-    MAX_HEIGHT, MAX_U16, MAX_U32, MAX_U64, MISSING, MessageError, bin_field, block_field, bool_field, hash_list,
-    int_field, list_field, text_field, work_field,
+    BAD_FIELD, MAX_HEIGHT, MAX_U16, MAX_U32, MAX_U64, MISSING, MessageError, bin_field, block_field, bool_field,
+    hash_list, int_field, list_field, text_field, work_field, wrong,
 )
 from gridchain.wire.frames import MAX_FRAME_BYTES, PREFIX_SIZE, FRAME_TOO_LARGE, FrameError
 
@@ -43,8 +48,14 @@ MAX_BLOCKS_PER_MESSAGE = 500
 # Node, network and miner names also go into blocks, whose text fields hold 256 bytes.
 MAX_NAME = MAX_TEXT_BYTES
 MAX_AGENT = 64  # bytes: a software name and version such as "gridchain/0.1.0"
+SIGNATURE_SIZE = 64  # an Ed25519 signature
 # Cumulative work as big-endian bytes: 64 bytes hold 2**512, past any chain of 256-bit work.
 MAX_WORK_BYTES = 64
+# A certificate's wire form: an 82-byte head and 96 bytes a signer, at most MAX_SIGNERS of them.
+MAX_CERTIFICATE_BYTES = 82 + 96 * MAX_SIGNERS
+# Certificates in one `certificates` message: the finality one and the justified links above
+# it, which votes keep within a few checkpoints of the tip; more is not a state anyone sends.
+MAX_CERTIFICATES_PER_MESSAGE = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,19 +89,46 @@ class Hello:
     work: int  # cumulative work of the chain ending at ``tip``
     agent: str
     name: str
+    # Fresh random bytes per connection, signed by both sides' proofs (gridchain.net.handshake).
+    # b"": none given; such a hello cannot be proven and the handshake refuses it.
+    nonce: bytes = b""
 
     def to_body(self) -> dict:
-        return {"version": self.version, "network": self.network, "genesis": self.genesis,
+        body = {"version": self.version, "network": self.network, "genesis": self.genesis,
                 "node_key": self.node_key, "listen_port": self.listen_port, "height": self.height,
                 "tip": self.tip, "work": work_to_bytes(self.work), "agent": self.agent, "name": self.name}
+        if self.nonce:
+            body["nonce"] = self.nonce
+        return body
 
     @classmethod
     def from_body(cls, body: dict) -> Hello:
+        # A hello without a nonce decodes (as b""), so the handshake can name why it is
+        # refused (``bad-handshake-proof``) instead of a bare ``bad-field``.
+        nonce = bin_field(body, "nonce", NONCE_SIZE) if "nonce" in body else b""
         return cls(int_field(body, "version", 0, MAX_U32), text_field(body, "network", MAX_NAME),
                    bin_field(body, "genesis"), bin_field(body, "node_key", KEY_SIZE),
                    int_field(body, "listen_port", 0, MAX_U16), int_field(body, "height", 0, MAX_HEIGHT),
                    bin_field(body, "tip"), work_field(body, "work", MAX_WORK_BYTES),
-                   text_field(body, "agent", MAX_AGENT), text_field(body, "name", MAX_NAME))
+                   text_field(body, "agent", MAX_AGENT), text_field(body, "name", MAX_NAME), nonce)
+
+
+@dataclass(frozen=True, slots=True)
+class HelloProof:
+    """Proof that the sender holds the key its hello claims: its signature over the handshake.
+
+    What is signed is gridchain.net.handshake.proof_statement (docs/protocol.md, "Identity proof").
+    """
+
+    TYPE: ClassVar[str] = "hello_proof"
+    signature: bytes  # Ed25519, 64 bytes
+
+    def to_body(self) -> dict:
+        return {"signature": self.signature}
+
+    @classmethod
+    def from_body(cls, body: dict) -> HelloProof:
+        return cls(bin_field(body, "signature", SIGNATURE_SIZE))
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,20 +183,101 @@ class GetBlocks:
 
 @dataclass(frozen=True, slots=True)
 class Blocks:
-    """The answer to get_blocks; ``more`` says the sender has further blocks after these."""
+    """The answer to get_blocks; ``more`` says the sender has further blocks after these.
+
+    ``certificate``: the finality certificate of the sender's newest finalized checkpoint whose
+    link (it and the next checkpoint) lies at or below the last block sent (None: none yet,
+    or an open network). A syncing node checks this one certificate per batch, not one per
+    block: the checkpoints below it are its ancestors, which no reorg may go below
+    (gridchain.consensus.finality, "Sync").
+    """
 
     TYPE: ClassVar[str] = "blocks"
     blocks: tuple[Block, ...]
     more: bool
+    certificate: Certificate | None = None
+    # Each block's wire bytes, as received (msgpack's packing of a block's array is
+    # canonical, so it is ``Block.encode()``): what the store keeps without encoding again.
+    # Filled by decoding (empty for a message built here); never sent.
+    raw: tuple[bytes, ...] = field(default=(), compare=False, repr=False)
 
     def to_body(self) -> dict:
-        return {"blocks": [block.to_fields() for block in self.blocks], "more": self.more}
+        body = {"blocks": [block.to_fields() for block in self.blocks], "more": self.more}
+        if self.certificate is not None:
+            body["certificate"] = self.certificate.encode()
+        return body
 
     @classmethod
     def from_body(cls, body: dict) -> Blocks:
         items = list_field(body, "blocks", 0, MAX_BLOCKS_PER_MESSAGE)
         more = bool_field(body, "more")
-        return cls(tuple([block_field(item, "blocks", index) for index, item in enumerate(items)]), more)
+        certificate = certificate_field(body, "certificate") if "certificate" in body else None
+        blocks = tuple([block_field(item, "blocks", index) for index, item in enumerate(items)])
+        return cls(blocks, more, certificate, tuple([_pack(item) for item in items]))
+
+
+@dataclass(frozen=True, slots=True)
+class VoteMessage:
+    """One member's finality vote, flooded to every peer (its 176-byte wire form, finality_votes.py)."""
+
+    TYPE: ClassVar[str] = "vote"
+    vote: Vote
+
+    def to_body(self) -> dict:
+        return {"vote": self.vote.encode()}
+
+    @classmethod
+    def from_body(cls, body: dict) -> VoteMessage:
+        return cls(Vote.decode(bin_field(body, "vote", VOTE_SIZE)))
+
+
+@dataclass(frozen=True, slots=True)
+class EvidenceMessage:
+    """Two conflicting votes by one member (352 bytes: the two votes, canonical order), flooded."""
+
+    TYPE: ClassVar[str] = "evidence"
+    evidence: Evidence
+
+    def to_body(self) -> dict:
+        return {"evidence": self.evidence.encode()}
+
+    @classmethod
+    def from_body(cls, body: dict) -> EvidenceMessage:
+        evidence = Evidence.decode(bin_field(body, "evidence", EVIDENCE_SIZE))
+        if Evidence.of(evidence.first, evidence.second) != evidence:
+            raise MessageError(BAD_FIELD, "evidence: the votes are not in canonical (byte) order")
+        return cls(evidence)
+
+
+@dataclass(frozen=True, slots=True)
+class CertificatesMessage:
+    """Certificates of the sender's newest finality: its newest finalized checkpoint's finality
+    certificate, then the certificates that justified each justified checkpoint above it on
+    its main chain, oldest first. Sent to each peer as the link becomes ready, so a node that
+    missed the votes (down, partitioned, new) picks the links up where the voting is."""
+
+    TYPE: ClassVar[str] = "certificates"
+    certificates: tuple[Certificate, ...]
+
+    def to_body(self) -> dict:
+        return {"certificates": [cert.encode() for cert in self.certificates]}
+
+    @classmethod
+    def from_body(cls, body: dict) -> CertificatesMessage:
+        items = list_field(body, "certificates", 0, MAX_CERTIFICATES_PER_MESSAGE)
+        return cls(tuple(certificate_field({"certificate": item}, f"certificates[{index}]", "certificate")
+                         for index, item in enumerate(items)))
+
+
+def certificate_field(body: dict, name: str, key: str | None = None) -> Certificate:
+    """A certificate's wire form (finality_certs.py), decoded; its signatures are not checked here."""
+    value = body.get(key or name, MISSING)
+    if type(value) is not bytes or len(value) > MAX_CERTIFICATE_BYTES:
+        raise wrong(name, value, f"bin of at most {MAX_CERTIFICATE_BYTES} bytes")
+    try:
+        return Certificate.decode(value)
+    except FinalityError as exc:
+        raise MessageError(BAD_FIELD, f"{name}: {exc.detail}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,15 +310,23 @@ class Reject:
         return cls(text_field(body, "code", MAX_CODE), text_field(body, "detail", MAX_DETAIL))
 
 
-Message = Hello | Tip | BlockMessage | GetBlocks | Blocks | Ping | Pong | Reject
+Message = (Hello | HelloProof | Tip | BlockMessage | GetBlocks | Blocks | VoteMessage | EvidenceMessage
+           | CertificatesMessage | Ping | Pong | Reject)
 
-PEER_MESSAGES = (Hello, Tip, BlockMessage, GetBlocks, Blocks, Ping, Pong, Reject)
+PEER_MESSAGES = (Hello, HelloProof, Tip, BlockMessage, GetBlocks, Blocks, VoteMessage, EvidenceMessage,
+                 CertificatesMessage, Ping, Pong, Reject)
 
 
 decode_message = decoder(PEER_MESSAGES)
 
 
-def blocks_frame(raw_blocks: Sequence[bytes], more: bool, max_frame: int = MAX_FRAME_BYTES) -> bytes:
+def _pack(fields: object) -> bytes:
+    """A block's unpacked wire array back to its bytes (packb: a shared Packer is not thread-safe)."""
+    return msgpack.packb(fields, use_bin_type=True)
+
+
+def blocks_frame(raw_blocks: Sequence[bytes], more: bool, max_frame: int = MAX_FRAME_BYTES,
+                 certificate: bytes | None = None) -> bytes:
     """The frame of ``Blocks`` for blocks held in their stored form (``Block.encode()``).
 
     Byte for byte what ``encode_frame(encode_message(Blocks(...)))`` gives, without decoding
@@ -207,9 +334,11 @@ def blocks_frame(raw_blocks: Sequence[bytes], more: bool, max_frame: int = MAX_F
     encodings, and a stored block is exactly the encoding of its wire array.
     """
     packer = msgpack.Packer(use_bin_type=True)
-    body = b"".join((packer.pack_array_header(2), packer.pack(Blocks.TYPE), packer.pack_map_header(2),
+    tail = () if certificate is None else (packer.pack("certificate"), packer.pack(certificate))
+    body = b"".join((packer.pack_array_header(2), packer.pack(Blocks.TYPE),
+                     packer.pack_map_header(2 if certificate is None else 3),
                      packer.pack("blocks"), packer.pack_array_header(len(raw_blocks)), *raw_blocks,
-                     packer.pack("more"), packer.pack(more)))
+                     packer.pack("more"), packer.pack(more), *tail))
     if len(body) > max_frame:
         raise FrameError(FRAME_TOO_LARGE, f"body of {len(body)} bytes exceeds the cap of {max_frame}")
     return len(body).to_bytes(PREFIX_SIZE, "big") + body

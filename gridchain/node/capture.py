@@ -6,9 +6,11 @@ gap notice) it has verified (``FeedBatch``). A block then carries whole seals on
 exactly where the chain's sequence for that relay stops (or where a gap notice the relay
 signed says it resumes), with no hole in between: a block the rules accept. The readings
 a reorg pushed off the main chain come back from the ledger as whole, verified seals and wait
-in ONE buffer (``DisplacedSeals``); they are mined again only where they continue the
-sequence, otherwise the task asks the relay again. Nothing else is ever mined, and every
-capture's relay signatures are checked once more before any work is spent on it.
+in ONE buffer (``DisplacedSeals``); they are mined again where they continue the sequence,
+or as a fill where they lie inside a gap the new tip left open (a branch that jumped to the
+relay's gap notice from below them; rules.check_fill), fills first since nobody else may
+still hold them; otherwise the task asks the relay again. Nothing else is ever mined, and
+every capture's relay signatures are checked once more before any work is spent on it.
 
 A better tip arriving mid-mining cancels the job and the capture is planned again on the new
 tip ("capture.duplicate" when the new tip already holds it: the prototype's Case 3). A relay
@@ -33,7 +35,7 @@ import structlog
 
 from gridchain.consensus.block import MAX_READINGS_PER_BLOCK, Block, Capture, GapNotice, Reading, Seal, short_hash
 from gridchain.consensus.provenance import MAX_SEALS_PER_BLOCK
-from gridchain.consensus.rules import RuleViolation, check_relay_signatures
+from gridchain.consensus.rules import GapRanges, RuleViolation, check_relay_signatures, open_gap_of
 from gridchain.consensus.template import block_template, seal
 from gridchain.ledger.store import StoreError
 from gridchain.node.miner import Miner
@@ -51,6 +53,13 @@ START_SPREAD = 0.5
 MAX_REBUILDS = 50
 # Displaced readings kept per relay: a few blocks' worth; older ones are fetched again.
 MAX_DISPLACED_READINGS = 4 * MAX_READINGS_PER_BLOCK
+# A node with configured peers but none ready mines only once it has been so for this long.
+# Its peers just dropped (or it just started): a block now would most likely be a stale fork
+# on an old tip, mined because the relay answered before the peers were redialled and synced
+# (a redial, handshake and sync of a healed link take well under a second on a LAN). A node
+# really on its own still records the relay's readings after this short wait (one capture
+# at most, at the default interval); one with no peers configured never waits.
+CUT_OFF_GRACE_S = 2.0
 
 Run = tuple[Seal, tuple[Reading, ...]]
 
@@ -58,16 +67,21 @@ Run = tuple[Seal, tuple[Reading, ...]]
 # --- pure planning ------------------------------------------------------------------------------
 
 def plan_capture(relay_id: str, substation: str, relay_key: bytes, last_seq: int | None,
-                 runs: Iterable[Run], gaps: Iterable[GapNotice] = ()) -> Capture | None:
-    """The longest capture of whole ``runs`` that continues ``last_seq`` without a hole.
+                 runs: Iterable[Run], gaps: Iterable[GapNotice] = (), open_gaps: GapRanges = ()) -> Capture | None:
+    """The longest capture of whole ``runs`` that fills an open gap or continues ``last_seq``.
 
-    It starts at ``last_seq + 1``, or, when no run starts there, at the lowest gap notice
-    beyond it that a run starts at (the notice goes into the block). It stops at the first
-    hole, or before the block limits. None when nothing continues the sequence.
+    A fill comes first: the lowest run lying inside one of ``open_gaps`` (the branch's open
+    gap ranges), then the runs that follow it inside the same range, without a notice.
+    Otherwise the capture starts at ``last_seq + 1``, or, when no run starts there, at the
+    lowest gap notice beyond it that a run starts at (the notice goes into the block). It
+    stops at the first hole, or before the block limits. None when nothing fits.
     """
     by_first: dict[int, Run] = {}
     for run in runs:
         by_first.setdefault(run[0].first_seq, run)  # the first copy wins: displaced runs were on a chain
+    fill = _plan_fill(by_first, open_gaps)
+    if fill is not None:
+        return Capture(relay_id, substation, relay_key, *fill)
     expected = (last_seq or 0) + 1
     notice = None
     if expected not in by_first:
@@ -76,18 +90,38 @@ def plan_capture(relay_id: str, substation: str, relay_key: bytes, last_seq: int
         if notice is None:
             return None
         expected = notice.resume_seq
+    readings, seals = _take_runs(by_first, expected, None)
+    if not seals:
+        return None
+    return Capture(relay_id, substation, relay_key, readings, seals, notice)
+
+
+def _plan_fill(by_first: dict[int, Run], open_gaps: GapRanges
+               ) -> tuple[tuple[Reading, ...], tuple[Seal, ...]] | None:
+    """The readings and seals of the lowest fill ``by_first`` offers, or None."""
+    for first in sorted(by_first):
+        gap = open_gap_of(open_gaps, first, by_first[first][0].last_seq)
+        if gap is not None:
+            readings, seals = _take_runs(by_first, first, gap[1])
+            if seals:
+                return readings, seals
+    return None
+
+
+def _take_runs(by_first: dict[int, Run], expected: int, upto: int | None
+               ) -> tuple[tuple[Reading, ...], tuple[Seal, ...]]:
+    """Whole runs from ``expected`` on without a hole, ending at or before ``upto`` (None: no
+    end), within the block limits."""
     seals: list[Seal] = []
     readings: list[Reading] = []
     while expected in by_first and len(seals) < MAX_SEALS_PER_BLOCK:
         run_seal, rows = by_first[expected]
-        if len(readings) + len(rows) > MAX_READINGS_PER_BLOCK:
+        if len(readings) + len(rows) > MAX_READINGS_PER_BLOCK or (upto is not None and run_seal.last_seq > upto):
             break
         seals.append(run_seal)
         readings.extend(rows)
         expected = run_seal.last_seq + 1
-    if not seals:
-        return None
-    return Capture(relay_id, substation, relay_key, tuple(readings), tuple(seals), notice)
+    return tuple(readings), tuple(seals)
 
 
 def batch_runs(batch: FeedBatch) -> list[Run]:
@@ -133,12 +167,14 @@ class DisplacedSeals:
         relays = [relay_id] if relay_id is not None else list(self._runs)
         return sum(len(rows) for r in relays for _, rows in self._runs.get(r, {}).values())
 
-    def prune(self, relay_id: str, last_seq: int | None) -> None:
-        """Drop the runs the chain holds now (those ending at or before ``last_seq``)."""
+    def prune(self, relay_id: str, last_seq: int | None, open_gaps: GapRanges = ()) -> None:
+        """Drop the runs the chain holds now or can never take: those ending at or before
+        ``last_seq`` that do not lie inside one of its ``open_gaps`` (a fill could take those)."""
         runs = self._runs.get(relay_id)
         if not runs or last_seq is None:
             return
-        for first in [f for f, (s, _) in runs.items() if s.last_seq <= last_seq]:
+        for first in [f for f, (s, _) in runs.items()
+                      if s.last_seq <= last_seq and open_gap_of(open_gaps, s.first_seq, s.last_seq) is None]:
             del runs[first]
         self._gaps[relay_id] = [g for g in self._gaps.get(relay_id, ()) if g.resume_seq > last_seq]
 
@@ -210,6 +246,7 @@ class CaptureHost(Protocol):
     name: str
 
     def connected_peers(self) -> int: ...
+    def cut_off_s(self) -> float | None: ...  # none of its configured peers ready for so long (None: not cut off)
     def accept_own_block(self, block: Block, mined_ms: float) -> None: ...
 
 
@@ -261,6 +298,11 @@ class CaptureTask:
                 self._waiting_logged = True
             return
         self._waiting_logged = False
+        cut_off = self.host.cut_off_s()
+        if cut_off is not None and cut_off < CUT_OFF_GRACE_S:
+            self.log.info("capture.waiting_for_peers", have=0, reason="cut-off", seconds=round(cut_off, 2),
+                          grace_s=CUT_OFF_GRACE_S)
+            return
         seen: set[str] = set()
         for watch in self.watches:
             batch = await watch.fetch(self.last_seq)
@@ -274,8 +316,8 @@ class CaptureTask:
     def plan(self, relay_id: str, batch: FeedBatch | None) -> Capture | None:
         """What to mine for ``relay_id`` on the current tip, from displaced seals and ``batch``."""
         chain = self.ledger.chain
-        last = chain.last_seq(relay_id)
-        self.displaced.prune(relay_id, last)
+        last, open_gaps = chain.last_seq(relay_id), chain.open_gaps(relay_id)
+        self.displaced.prune(relay_id, last, open_gaps)
         label = self.displaced.label(relay_id)
         if batch is not None:
             substation, relay_key = batch.substation, batch.relay_key
@@ -289,7 +331,7 @@ class CaptureTask:
         if batch is not None and batch.relay_key == key:
             runs += batch_runs(batch)
             gaps += [batch.gap] if batch.gap is not None else []
-        return plan_capture(relay_id, substation, key, last, runs, gaps)
+        return plan_capture(relay_id, substation, key, last, runs, gaps, open_gaps)
 
     async def mine_relay(self, relay_id: str, batch: FeedBatch | None, watch: RelayWatch | None) -> Block | None:
         """Mine what continues ``relay_id``'s sequence on the tip, planning again after each better tip."""
@@ -313,6 +355,7 @@ class CaptureTask:
             if not announced:
                 self.log.info("capture.new", relay_id=relay_id, readings=len(todo.readings), seals=len(todo.seals),
                               first_seq=todo.first_seq, last_seq=todo.last_seq, gap=todo.gap is not None,
+                              fill=todo.first_seq <= (self.last_seq(relay_id) or 0),
                               first_ms=todo.readings[0].timestamp_ms, newest_ms=todo.newest_ms)
                 announced = True
             mined = await self._mine(todo)
@@ -329,7 +372,8 @@ class CaptureTask:
                 # The readings stay with the relay (and displaced ones here): the next round retries.
                 self.log.error("store.error", reason=exc.reason, detail=str(exc), hash=short_hash(block.hash))
                 return None
-            self.displaced.prune(relay_id, todo.last_seq)
+            chain = self.ledger.chain
+            self.displaced.prune(relay_id, chain.last_seq(relay_id), chain.open_gaps(relay_id))
             return block
         self.log.warning("capture.gave_up", relay_id=relay_id, rebuilds=MAX_REBUILDS)
         return None
@@ -347,6 +391,7 @@ class CaptureTask:
         return seal(mined, mined.nonce, todo, self.host.name, self.key.sign), _ms(started)
 
     def _has_more(self, relay_id: str, batch: FeedBatch | None) -> bool:
+        """Whether the relay or the displaced buffer holds readings past the chain's last seq."""
         last = self.last_seq(relay_id) or 0
         held = [batch.last_seq, batch.newest_seq] if batch is not None else []
         held += [run[0].last_seq for run in self.displaced.runs(relay_id)]

@@ -20,6 +20,10 @@ from gridchain.wire.frames import MAX_FRAME_BYTES, PREFIX_SIZE, FrameDecoder, de
 
 # Bytes asked of the socket per read (also the StreamReader buffer limit of a node's sockets).
 READ_CHUNK = 64 * 1024
+# The frame cap before a connection's identity is proven (a hello, a proof, an operator's
+# token or first request are a few hundred bytes): a stranger's frame, and every container
+# in it, stays this small, so a 4 MiB frame of empty maps is refused from its length prefix.
+UNPROVEN_MAX_FRAME = 16 * 1024
 
 
 class ConnectionClosed(Exception):
@@ -44,12 +48,33 @@ class FrameReader:
     time cannot hold a reader for ever; bytes read before a TimeoutError are kept for the
     next call. Raises FrameError (the stream is out of step: drop it), TimeoutError, or
     ConnectionClosed on a reset. ``peek`` is ``next`` without taking the frame.
+
+    ``first_cap`` (e.g. UNPROVEN_MAX_FRAME) holds frames to that size until ``lift_cap()``,
+    once the other side's identity is proven. While capped, frames are read one at a time
+    (length prefix, then exactly that body), so no byte after the current frame has been
+    judged under the small cap when it is lifted.
     """
 
-    def __init__(self, reader: asyncio.StreamReader, max_frame: int = MAX_FRAME_BYTES) -> None:
+    def __init__(self, reader: asyncio.StreamReader, max_frame: int = MAX_FRAME_BYTES,
+                 first_cap: int | None = None) -> None:
         self.reader = reader
         self._decoder = FrameDecoder(max_frame)
         self._frames: deque[object] = deque()
+        self._cap = min(first_cap, max_frame) if first_cap is not None else None
+        self._body_length: int | None = None  # capped mode: the prefix read, its body not yet
+
+    @property
+    def capped(self) -> bool:
+        return self._cap is not None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of a frame received but not whole yet (a large frame still arriving)."""
+        return self._decoder.buffered
+
+    def lift_cap(self) -> None:
+        """The other side is proven: frames up to the full cap from now on."""
+        self._cap = None
 
     async def next(self, timeout: float | None = None) -> object | None:
         if not await self._fill(timeout):
@@ -64,6 +89,8 @@ class FrameReader:
     async def _fill(self, timeout: float | None) -> bool:
         if self._frames:
             return True
+        if self._cap is not None:
+            return await self._fill_one(timeout)
         async with asyncio.timeout(timeout):
             while not self._frames:
                 try:
@@ -73,6 +100,22 @@ class FrameReader:
                 if not data:
                     return False
                 self._frames.extend(self._decoder.feed(data))
+        return True
+
+    async def _fill_one(self, timeout: float | None) -> bool:
+        """One frame under the small cap; the prefix is kept across a timeout."""
+        async with asyncio.timeout(timeout):
+            try:
+                if self._body_length is None:
+                    prefix = await self.reader.readexactly(PREFIX_SIZE)
+                    self._body_length = frame_length(prefix, self._cap)
+                body = await self.reader.readexactly(self._body_length)
+            except asyncio.IncompleteReadError:
+                return False
+            except ConnectionError as exc:
+                raise ConnectionClosed(f"{type(exc).__name__}: {exc}", True) from None
+        self._body_length = None
+        self._frames.append(decode_body(body, self._cap))
         return True
 
 

@@ -19,7 +19,7 @@ from gridchain.cli.commands import main
 from gridchain.config import Address
 from gridchain.consensus.provenance import Reading, verify_sealed_reading
 
-from tests.support.ports import free_port
+from tests.support.ports import api_port, free_port
 
 NETWORK, BITS = "client-net", 6
 MIN_HEIGHT = 4  # blocks the node has mined before the tests look at it
@@ -45,7 +45,7 @@ def stop(proc: subprocess.Popen, timeout: float = 10.0) -> int:
 def node_height(port: int) -> int | None:
     async def ask() -> int | None:
         try:
-            async with NodeClient(Address("127.0.0.1", port), timeout=1.0) as node:
+            async with NodeClient(Address("127.0.0.1", api_port(port)), timeout=1.0) as node:
                 return (await node.status())["height"]
         except NodeUnavailable:
             return None
@@ -54,7 +54,7 @@ def node_height(port: int) -> int | None:
 
 def node_proof(port: int, relay: str, timestamp_ms: int):
     async def ask():
-        async with NodeClient(Address("127.0.0.1", port)) as node:
+        async with NodeClient(Address("127.0.0.1", api_port(port))) as node:
             return await node.proof(relay, timestamp_ms)
     return asyncio.run(ask())
 
@@ -83,7 +83,9 @@ def network(tmp_path_factory):
                   "--network-file", str(net), "--capture-interval", "0.2", "--log-format", "json"], root / "node.log")
     try:
         wait_height(port, MIN_HEIGHT)
-        yield {"port": port, "node": ["--node", f"127.0.0.1:{port}"], "root": root, "proc": node, "net": net}
+        # The operator API has a port of its own (the peer port + 1000); verify needs the admin token.
+        yield {"port": port, "node": ["--node", f"127.0.0.1:{api_port(port)}"], "root": root, "proc": node,
+               "net": net, "admin": ["--token-file", str(root / "n" / "admin.token")]}
     finally:
         stop(node)
         stop(relay)
@@ -167,13 +169,15 @@ def test_proof_round_trip(network, capsys, tmp_path):
 
 
 def test_verify_on_the_node_and_offline(network, capsys):
-    code, out, _ = run(capsys, *network["node"], "verify")
+    code, out, err = run(capsys, *network["node"], "verify")
+    assert code == 1 and "admin-required" in err, "a whole-store audit needs the admin token, even locally"
+    code, out, _ = run(capsys, *network["node"], *network["admin"], "verify")
     assert code == 0 and out.startswith("OK: ") and "gap" not in out
     # The relay's key was made before it first started, so its first block carries a notice
     # at a clock-derived seq: the start of its sequence, not a gap.
     code, out, _ = run(capsys, *network["node"], "--json", "block", "1")
     assert code == 0 and json.loads(out)["capture"]["gap"] is not None
-    code, out, _ = run(capsys, *network["node"], "--json", "verify")
+    code, out, _ = run(capsys, *network["node"], *network["admin"], "--json", "verify")
     report = json.loads(out)
     assert code == 0 and report["ok"] and report["checked"] >= MIN_HEIGHT
     assert report["gaps"] == [] and report["gaps_omitted"] == 0

@@ -25,6 +25,7 @@ from gridchain.relay.simulator import RelaySimulator
 from gridchain.relay.sources import Quality, open_source, parse_source_url
 from gridchain.relay.sources.base import GATEWAY_CLOCK_FLAG, READING_VALUES
 from tests.support.cluster import Cluster
+from tests.support.ports import api_port
 from tests.support.wait import wait_until
 
 START_MS = 1_700_000_000_000
@@ -273,8 +274,9 @@ class GatewayCluster(Cluster):
 
 
 async def gridchain_readings(port: int) -> list[dict]:
+    """``gridchain readings`` of the node on peer port ``port``, asked on its operator port."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gridchain", "readings", "--node", f"127.0.0.1:{port}", "--format", "json",
+        sys.executable, "-m", "gridchain", "readings", "--node", f"127.0.0.1:{api_port(port)}", "--format", "json",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0, err.decode()[-500:]
@@ -307,6 +309,67 @@ async def test_device_to_four_nodes_to_gridchain_readings(tmp_path, protocol):
             reading = Reading(row["seq"], row["timestamp_ms"], row["openings"], row["flags"],
                               *(row[name] for name in READING_VALUES))
             served.assert_served(reading)
+
+
+class SharedGatewayCluster(Cluster):
+    """Four node processes, each following both relays of one in-process gateway by relay id."""
+
+    # One written percent-encoded, one with its space as is: both are how operators write them.
+    RELAY_FLAGS = {"Relay 1": "Relay%201", "Relay 2": "Relay 2"}
+
+    def __init__(self, root, devices: dict[str, ServedDevice]) -> None:
+        super().__init__(root, 4, capture_interval_s=0.5, difficulty=8)
+        self.devices = devices
+
+    async def start_relay(self) -> None:
+        key = RelayKey.generate()
+        channels = [device_channel(relay_id, served, key) for relay_id, served in self.devices.items()]
+        self.relay = Gateway(channels, key, "127.0.0.1", 0, key_created=True)
+        await self.relay.start()
+
+    def spawn(self, i: int):
+        node = self.nodes[i]
+        relays = [arg for relay_id in self.devices
+                  for arg in ("--relay", f"127.0.0.1:{self.relay_port}/{self.RELAY_FLAGS[relay_id]}")]
+        node.proc = self.processes.node(f"n{i}", port=node.port, peers=node.dials, capture_interval_s=0.5,
+                                        data_dir=node.data_dir, extra=["--redial-max", "2", *relays])
+        node.starts += 1
+        return node.proc
+
+
+@pytest.mark.timeout(180)
+async def test_four_nodes_follow_two_relays_of_one_gateway_by_relay_id(tmp_path):
+    devices = {"Relay 1": await ServedDevice("modbus-sel751", seed=21, identity="GRIDSIM-751 SN0021").start(),
+               "Relay 2": await ServedDevice("iec61850", seed=22, identity="GRIDSIM-751 SN0022").start()}
+    cluster = SharedGatewayCluster(tmp_path, devices)
+    try:
+        async with running(refresh_forever(*devices.values())):
+            await cluster.start()
+
+            async def every_node_has_both_relays() -> bool:
+                for node in cluster.nodes:
+                    rows = await gridchain_readings(node.port)
+                    if any(sum(r["relay_id"] == relay_id for r in rows) < 4 for relay_id in devices):
+                        return False
+                return True
+            await wait_until(every_node_has_both_relays, 90, interval=1.0, what="both relays on all four nodes")
+            exported = [await gridchain_readings(n.port) for n in cluster.nodes]
+            statuses = await cluster.statuses()
+    finally:
+        await cluster.abort()
+        for served in devices.values():
+            await served.stop()
+    for info in statuses:  # each node polls two relays of one gateway, named by id
+        assert sorted(r["relay_id"] for r in info["relays"]) == ["Relay 1", "Relay 2"], info["relays"]
+    for rows in exported:
+        assert {r["relay_id"] for r in rows} == set(devices)
+        for relay_id, served in devices.items():
+            mine = [r for r in rows if r["relay_id"] == relay_id]
+            seqs = sorted(r["seq"] for r in mine)
+            assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), (relay_id, seqs)  # consecutive, none twice
+            for row in mine:
+                served.assert_served(Reading(row["seq"], row["timestamp_ms"], row["openings"], row["flags"],
+                                             *(row[name] for name in READING_VALUES)))
 
 
 # --- the programs: gridchain-relay --device, gridchain-device -----------------------------------

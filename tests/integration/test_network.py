@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections import Counter
 
 from structlog.testing import capture_logs
 
 from gridchain.consensus.template import block_template, seal
 from gridchain.identity.keys import NodeKey
-from gridchain.net.messages import PROTOCOL_VERSION, BlockMessage, Hello, encode_message
+from gridchain.net import handshake
+from gridchain.net.messages import PROTOCOL_VERSION, BlockMessage, Hello, HelloProof, decode_message, encode_message
 from gridchain.net.gossip import AGENT
-from gridchain.wire.frames import encode_frame
+from gridchain.wire.frames import FrameDecoder, encode_frame
 
 from tests.support.nodes import (
     chain_readings, main_chain, node_config, settle, start_network, start_node, start_relay,
@@ -130,8 +132,14 @@ async def test_peer_sending_invalid_block_is_banned_while_others_carry_on(tmp_pa
         tip = target.ledger.tip
         hello = Hello(version=PROTOCOL_VERSION, network=target.node.network, genesis=target.node.genesis_hash,
                       node_key=key.public_key, listen_port=0, height=tip.height, tip=tip.hash, work=tip.work,
-                      agent=AGENT, name="mallory")
+                      agent=AGENT, name="mallory", nonce=os.urandom(handshake.NONCE_SIZE))
         writer.write(encode_frame(encode_message(hello)))
+        # The handshake's identity proof (docs/protocol.md): the node's hello, then ours.
+        async with asyncio.timeout(5):
+            theirs = decode_message(FrameDecoder().feed(await reader.read(65536))[0])
+        writer.write(encode_frame(encode_message(HelloProof(key.sign(handshake.proof_statement(
+            genesis=hello.genesis, role=handshake.DIALLER, signer_key=key.public_key, other_key=theirs.node_key,
+            signer_nonce=hello.nonce, other_nonce=theirs.nonce))))))
         good = target.ledger.get_block(tip.hash)
         header = block_template(tip, good.capture, "mallory", key.public_key, target.node.params,
                                 tip.header.time_ms + 1)

@@ -11,18 +11,23 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from gridchain.api.client import NodeClient, NodeUnavailable
 from gridchain.config import Address
 
 from tests.support.nodes import start_relay
-from tests.support.ports import free_port
+from tests.support.ports import api_port, free_port
 
 STOP_TIMEOUT_S = 5.0  # the issue's bound for a clean stop
 
 
-def spawn_node(data_dir: Path, port: int, peers: list[int], relay_port: int, log_path: Path) -> subprocess.Popen:
+def spawn_node(data_dir: Path, port: int, peers: list[int], relay_port: int, log_path: Path,
+               network_file: Path | None = None) -> subprocess.Popen:
+    network = ["--network", "proc-net", "--difficulty", "8"] if network_file is None else \
+        ["--network-file", str(network_file)]
     args = [sys.executable, "-m", "gridchain", "node", "--port", str(port), "--data-dir", str(data_dir),
-            "--relay", f"127.0.0.1:{relay_port}", "--network", "proc-net", "--difficulty", "8",
+            "--relay", f"127.0.0.1:{relay_port}", *network,
             "--capture-interval", "0.2", "--log-format", "json", "--name", f"p{port}"]
     for peer in peers:
         args += ["--peer", f"127.0.0.1:{peer}"]
@@ -32,7 +37,7 @@ def spawn_node(data_dir: Path, port: int, peers: list[int], relay_port: int, log
 
 async def status(port: int) -> dict | None:
     try:
-        async with NodeClient(Address("127.0.0.1", port), timeout=2.0) as client:
+        async with NodeClient(Address("127.0.0.1", api_port(port)), timeout=2.0) as client:
             return await client.status()
     except (NodeUnavailable, OSError, TimeoutError):
         return None
@@ -81,7 +86,7 @@ async def test_sigkill_and_restart_keeps_chain_and_rejoins(tmp_path):
         await wait_status(ports[0], lambda s: s["height"] >= mark + 3, 30, "node 0 goes on")
         hashes = []
         for port in ports:
-            async with NodeClient(Address("127.0.0.1", port), timeout=2.0) as client:
+            async with NodeClient(Address("127.0.0.1", api_port(port)), timeout=2.0) as client:
                 hashes.append((await client.block(height=mark)).block.hash)
         assert hashes[0] == hashes[1], "both nodes hold the same chain below their tips"
         for proc in procs.values():
@@ -114,3 +119,75 @@ def test_node_refuses_a_busy_port_with_one_line(tmp_path):
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert f"{port}" in result.stderr.strip().splitlines()[-1]
+
+
+def log_events(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+
+
+def event_time(events: list[dict], name: str) -> float:
+    """The wall-clock time of the first ``name`` event (its ISO timestamp, as time.time())."""
+    from datetime import datetime
+    stamp = next(e["timestamp"] for e in events if e["event"] == name)
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+async def try_connect(port: int) -> bool:
+    """Whether a TCP connection to ``port`` is accepted (False: refused)."""
+    try:
+        async with asyncio.timeout(1.0):
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except (OSError, TimeoutError):
+        return False
+    writer.transport.abort()
+    return True
+
+
+def tls_network(tmp_path: Path, ports: list[int]) -> Path:
+    """A network file naming two members on ``ports`` (their links are TLS 1.3) and a relay key."""
+    out = tmp_path / "network.toml"
+    argv = [sys.executable, "-m", "gridchain", "network", "init", "--name", "proc-tls", "--difficulty", "8",
+            "--relay", f"Relay 1={os.urandom(32).hex()}", "--out", str(out)]
+    for i, port in enumerate(ports):
+        argv += ["--member-data-dir", f"n{i}={tmp_path / f'n{i}'}@127.0.0.1:{port}"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plaintext", "tls"])
+async def test_sigterm_with_a_peer_stops_accepting_first_and_logs_no_error(tmp_path, tls):
+    relay = await start_relay(interval_s=0.1)
+    ports = [free_port(), free_port()]
+    logs = [tmp_path / "n0.log", tmp_path / "n1.log"]
+    network_file = tls_network(tmp_path, ports) if tls else None
+    procs = [spawn_node(tmp_path / "n0", ports[0], [], relay.port, logs[0], network_file),
+             spawn_node(tmp_path / "n1", ports[1], [ports[0]], relay.port, logs[1], network_file)]
+    try:
+        await wait_status(ports[0], lambda s: any(p["state"] == "ready" for p in s["peers"]), 30,
+                          "node 0 with its peer ready")
+        assert await try_connect(ports[0]), "the peer port accepts while the node runs"
+        procs[0].send_signal(signal.SIGTERM)
+        # Knock on the peer port from the moment the signal is sent until the process is gone.
+        attempts: list[tuple[float, bool]] = []
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while procs[0].poll() is None and time.monotonic() < deadline:
+            attempts.append((time.time(), await try_connect(ports[0])))
+            await asyncio.sleep(0.002)
+        assert stop_process(procs[0]) == 0
+        events = log_events(logs[0])
+        stopping, stopped = event_time(events, "node.stopping"), event_time(events, "node.stopped")
+        during = [ok for at, ok in attempts if stopping < at < stopped]
+        assert during, f"no connection attempt landed between node.stopping and node.stopped ({stopped - stopping:.4f} s)"
+        assert not any(ok for at, ok in attempts if at > stopping), "a stopping node accepted a connection"
+        loud = [e for e in events if e.get("level") in ("error", "critical")]
+        assert not loud, f"error-level lines on a clean shutdown: {loud}"
+        assert stop_process(procs[1]) == 0
+        loud = [e for e in log_events(logs[1]) if e.get("level") in ("error", "critical")]
+        assert not loud, f"error-level lines on the peer of a node that stopped: {loud}"
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+        await relay.close()

@@ -11,5 +11,8 @@ One module a job, so a test or a benchmark imports only what it uses:
 - ``processes``: ``python -m gridchain`` nodes and relays as subprocesses, their status, a clean stop;
 - ``cluster``: a full mesh of node processes with an in-process relay, proxied links, crash and
   partition controls, and the store invariants checked at the end;
-- ``nodes``: nodes and relays run inside the test's own event loop.
+- ``nodes``: nodes and relays run inside the test's own event loop;
+- ``hosts``: test hosts in network namespaces (an address each, on a bridge of their own) with
+  partitions, packet loss and delay, and skewed clocks;
+- ``netqueue``: packet loss and delay in user space (NFQUEUE), where the kernel has no netem.
 """

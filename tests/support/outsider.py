@@ -9,21 +9,29 @@ ways, the tests that use this module see it. It covers:
 - the 128-byte header, the payload tree (one metadata leaf, one leaf per row), proof of
   work, the miner's signature and the block's 9-field wire array (version 2);
 - the network file (TOML), its canonical document and network hash, and the genesis block;
-- peer messages (``[type, body]``: hello, block, reject), the operator's ``status`` and
-  ``block_request``, and the relay feed's ``info`` and ``read``.
+- peer messages (``[type, body]``: hello, hello_proof, block, reject) and the handshake
+  that proves a node key, the operator's ``status`` and ``block_request``, and the relay
+  feed's ``info`` and ``read``;
+- from docs/security.md: the TLS 1.3 peer link (a node certificate made for a key, the
+  session binding), the operator port (peer port + 1000) and its ``auth`` frame.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import hashlib
 import os
+import ssl
 import struct
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgpack
+from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.x509.oid import NameOID
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -38,16 +46,31 @@ def frame(obj: object) -> bytes:
 
 
 class Conn:
-    """One TCP connection carrying frames; ``recv`` returns None once the other side closed."""
+    """One TCP (or TLS) connection carrying frames; ``recv`` returns None once the other side closed."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
+        self.own_cert = b""  # our TLS certificate (DER), when we presented one
 
     @classmethod
-    async def open(cls, port: int, host: str = "127.0.0.1") -> Conn:
+    async def peer(cls, port: int, key: Ed25519PrivateKey, host: str = "127.0.0.1") -> Conn:
+        """A TLS 1.3 peer link presenting ``key``'s node certificate (docs/security.md)."""
+        pem = node_certificate(key)
+        conn = await cls.open(port, host, tls=tls_client(key, pem))
+        conn.own_cert = cert_der(pem)
+        return conn
+
+    @classmethod
+    async def open(cls, port: int, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None) -> Conn:
         async with asyncio.timeout(IO_TIMEOUT_S):
-            reader, writer = await asyncio.open_connection(host, port)
+            reader, writer = await asyncio.open_connection(host, port, ssl=tls)
         return cls(reader, writer)
+
+    @property
+    def peer_cert(self) -> bytes:
+        """The other side's TLS certificate (DER); b"" on plaintext."""
+        ssl_object = self.writer.get_extra_info("ssl_object")
+        return ssl_object.getpeercert(binary_form=True) if ssl_object is not None else b""
 
     async def send(self, obj: object) -> None:
         self.writer.write(frame(obj))
@@ -60,7 +83,7 @@ class Conn:
                 (length,) = struct.unpack(">I", prefix)
                 assert 1 <= length <= MAX_FRAME, f"frame of {length} bytes"
                 body = await self.reader.readexactly(length)
-        except (asyncio.IncompleteReadError, ConnectionError):
+        except (asyncio.IncompleteReadError, OSError):  # closed, reset, or refused by a TLS alert
             return None
         return msgpack.unpackb(body, raw=False)
 
@@ -85,7 +108,7 @@ class Conn:
         try:
             async with asyncio.timeout(1.0):
                 await self.writer.wait_closed()
-        except (TimeoutError, ConnectionError):
+        except (TimeoutError, OSError):  # a reset, or TLS data after the other's close_notify
             pass
 
 
@@ -101,6 +124,61 @@ def write_key_file(path: Path, key: Ed25519PrivateKey) -> None:
     with os.fdopen(fd, "wb") as handle:
         handle.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                        serialization.NoEncryption()))
+
+
+# --- TLS (docs/security.md) -------------------------------------------------------------------
+OPERATOR_PORT_OFFSET = 1000  # a node's operator API: its peer port + 1000 unless set otherwise
+
+
+def operator_port(port: int) -> int:
+    return port + OPERATOR_PORT_OFFSET
+
+
+def node_certificate(key: Ed25519PrivateKey) -> bytes:
+    """A node certificate (PEM) for ``key``: subject O=gridchain node, issuer O=gridchain member,
+    both CN=<key hex>, signed by the key itself."""
+    hex_key = raw_public(key).hex()
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "gridchain node"),
+                                     x509.NameAttribute(NameOID.COMMON_NAME, hex_key)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "gridchain member"),
+                                    x509.NameAttribute(NameOID.COMMON_NAME, hex_key)]))
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=30))
+            .sign(key, None))
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def tls_client(key: Ed25519PrivateKey | None, cert_pem: bytes | None = None) -> ssl.SSLContext:
+    """A TLS 1.3 client context presenting ``key``'s node certificate (or ``cert_pem``); the
+    server's certificate is read, not checked (``cert_key`` says whose it is)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    if key is not None:
+        with tempfile.TemporaryDirectory() as scratch:
+            (Path(scratch) / "k").write_bytes(key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+            (Path(scratch) / "c").write_bytes(cert_pem or node_certificate(key))
+            context.load_cert_chain(Path(scratch) / "c", Path(scratch) / "k")
+    return context
+
+
+def cert_der(pem: bytes) -> bytes:
+    return x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
+
+
+def cert_key(der: bytes) -> bytes:
+    return x509.load_der_x509_certificate(der).public_key().public_bytes(serialization.Encoding.Raw,
+                                                                          serialization.PublicFormat.Raw)
+
+
+def tls_binding(dialler_der: bytes, listener_der: bytes) -> bytes:
+    """SHA-256 over the tag and both certificates (u32 length before each), the dialler's first."""
+    return hashlib.sha256(b"gridchain/tls-binding/v1" + struct.pack(">I", len(dialler_der)) + dialler_der
+                          + struct.pack(">I", len(listener_der)) + listener_der).digest()
 
 
 def verifies(public_key: bytes, signature: bytes, message: bytes) -> bool:
@@ -268,11 +346,13 @@ def make_block(*, parent: bytes, height: int, time_ms: int, bits: int, miner: Ed
 
 def audit_chain(blocks: list[Block], relay_id: str, relay_key: bytes) -> tuple[dict[int, bytes], list[tuple[int, int]]]:
     """What an outside verifier checks of a main chain's blocks of one relay (genesis left out):
-    every seal and gap notice verifies under the relay's key, sequence numbers run on by one,
-    and a hole is only ever where a relay-signed gap notice resumes. The rows by seq, and the
-    gaps as (last seq before, resume seq). AssertionError naming the block otherwise."""
+    every seal and gap notice verifies under the relay's key, seqs run on by one inside a
+    block, and each block continues the relay's sequence, jumps to where a relay-signed gap
+    notice resumes (opening the skipped range), or fills an open range (all its rows inside
+    one, no notice). The rows by seq, and the ranges still open as (last seq before, next seq
+    after). AssertionError naming the block otherwise."""
     rows: dict[int, bytes] = {}
-    gaps: list[tuple[int, int]] = []
+    open_ranges: list[tuple[int, int]] = []  # inclusive (first, last) seqs the chain does not hold
     last = 0
     for block in blocks:
         where = f"height {block.height} ({block.hash.hex()[:12]})"
@@ -284,16 +364,28 @@ def audit_chain(blocks: list[Block], relay_id: str, relay_key: bytes) -> tuple[d
             at += seal[1]
         assert at == len(block.rows), f"{where}: seals cover {at} of {len(block.rows)} rows"
         seqs = block.seqs
-        assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), f"{where}: seqs {seqs} do not run on by one"
+        first, end = seqs[0], seqs[-1]
+        assert seqs == list(range(first, end + 1)), f"{where}: seqs {seqs} do not run on by one"
         if block.gap is not None:
             assert gap_verifies(relay_key, relay_id, block.gap), f"{where}: a gap notice that does not verify"
-        if seqs[0] != last + 1:
-            assert block.gap is not None and block.gap[0] == seqs[0] > last + 1, \
-                f"{where}: seq {seqs[0]} after {last} with no relay-signed gap notice resuming there"
-            gaps.append((last, seqs[0]))
-        rows.update(zip(seqs, block.rows))
-        last = seqs[-1]
-    return rows, gaps
+        if first == last + 1:
+            last = end
+        elif first > last + 1:
+            assert block.gap is not None and block.gap[0] == first, \
+                f"{where}: seq {first} after {last} with no relay-signed gap notice resuming there"
+            open_ranges.append((last + 1, first - 1))
+            last = end
+        else:
+            inside = [r for r in open_ranges if r[0] <= first and end <= r[1]]
+            assert inside and block.gap is None, \
+                f"{where}: seqs {first}..{end} go back below {last} but fill no open gap {open_ranges}"
+            low, high = inside[0]
+            at = open_ranges.index(inside[0])
+            open_ranges[at:at + 1] = [r for r in ((low, first - 1), (end + 1, high)) if r[0] <= r[1]]
+        for seq, row in zip(seqs, block.rows):
+            assert seq not in rows, f"{where}: seq {seq} twice on the chain"
+            rows[seq] = row
+    return rows, [(low - 1, high + 1) for low, high in open_ranges]
 
 
 # --- the network file --------------------------------------------------------------------------
@@ -356,12 +448,55 @@ def work_bytes(work: int) -> bytes:
     return work.to_bytes((work.bit_length() + 7) // 8, "big")
 
 
-def hello(*, network: str, genesis: bytes, node_key: bytes, name: str, listen_port: int = 0, height: int = 0,
-          tip: bytes | None = None, work: int = 0, **extra: object) -> list:
+def hello(*, network: str, genesis: bytes, node_key: bytes, name: str, nonce: bytes, listen_port: int = 0,
+          height: int = 0, tip: bytes | None = None, work: int = 0) -> list:
     body = {"version": 1, "network": network, "genesis": genesis, "node_key": node_key, "listen_port": listen_port,
             "height": height, "tip": tip if tip is not None else genesis, "work": work_bytes(work),
-            "agent": "outsider/1", "name": name, **extra}
+            "agent": "outsider/1", "name": name, "nonce": nonce}
     return ["hello", body]
+
+
+PROOF_TAG = b"gridchain/hello-proof/v1"
+DIALLER, LISTENER = 1, 2
+
+
+def proof_statement(*, genesis: bytes, role: int, signer_key: bytes, other_key: bytes, signer_nonce: bytes,
+                    other_nonce: bytes, binding: bytes = b"") -> bytes:
+    """What a side of a handshake signs to prove its key: tag, genesis, its role, both keys
+    and both nonces (its own first), and the channel binding (empty on a plaintext link)."""
+    return (PROOF_TAG + genesis + bytes([role]) + signer_key + other_key + signer_nonce + other_nonce
+            + bytes([len(binding)]) + binding)
+
+
+def hello_proof(signer: Ed25519PrivateKey, **statement: object) -> list:
+    return ["hello_proof", {"signature": signer.sign(proof_statement(**statement))}]
+
+
+async def dial_handshake(conn: Conn, *, network: str, genesis: bytes, name: str, signer: Ed25519PrivateKey,
+                         claimed_key: bytes | None = None, timeout: float = IO_TIMEOUT_S,
+                         binding: bytes | None = None) -> object | None:
+    """The dialler's side of the handshake: hello, the listener's hello, our proof (signed by
+    ``signer``, for ``claimed_key``, by default the signer's own key, over the link's session
+    binding unless ``binding`` is given), the listener's proof.
+    The node's last message: its ``hello_proof`` once the link is ready, else what it sent
+    instead (a ``reject``), or None if it closed."""
+    key = claimed_key or raw_public(signer)
+    if binding is None:  # on a TLS link: both certificates, the dialler's (ours) first; else none
+        binding = tls_binding(conn.own_cert, conn.peer_cert) if conn.own_cert else b""
+    nonce = os.urandom(32)
+    await conn.send(hello(network=network, genesis=genesis, node_key=key, name=name, nonce=nonce))
+    theirs = await conn.recv(timeout)
+    if not theirs or theirs[0] != "hello":
+        return theirs
+    other = theirs[1]
+    await conn.send(hello_proof(signer, genesis=genesis, role=DIALLER, signer_key=key, other_key=other["node_key"],
+                                signer_nonce=nonce, other_nonce=other["nonce"], binding=binding))
+    answer = await conn.recv(timeout)
+    if answer and answer[0] == "hello_proof":
+        statement = proof_statement(genesis=genesis, role=LISTENER, signer_key=other["node_key"], other_key=key,
+                                    signer_nonce=other["nonce"], other_nonce=nonce, binding=binding)
+        assert verifies(other["node_key"], answer[1]["signature"], statement), "the listener's proof does not verify"
+    return answer
 
 
 def block_message(block: Block) -> list:
@@ -369,7 +504,8 @@ def block_message(block: Block) -> list:
 
 
 async def operator(port: int, request: list) -> object:
-    conn = await Conn.open(port)
+    """One request to the operator API of the node on peer port ``port``."""
+    conn = await Conn.open(operator_port(port))
     try:
         return await conn.request(request)
     finally:
@@ -399,7 +535,7 @@ async def has_block(port: int, block_hash: bytes) -> bool:
 
 async def main_chain(port: int) -> list[Block]:
     """Every main-chain block after genesis, by height (one connection, pipelined)."""
-    conn = await Conn.open(port)
+    conn = await Conn.open(operator_port(port))
     try:
         top = (await conn.request(["status_request", {}]))[1]["info"]["height"]
         for height in range(1, top + 1):

@@ -23,7 +23,7 @@ from gridchain.api.client import NodeClient, NodeUnavailable, RequestFailed
 from gridchain.config import Address
 
 from .logs import log_tail, read_events
-from .ports import free_port
+from .ports import api_port, free_port
 from .rss import rss_kb, rss_mb
 from .wait import wait_until
 
@@ -156,9 +156,10 @@ class Processes:
 
 # --- talking to nodes -------------------------------------------------------------------------
 async def status(port: int, timeout: float = STATUS_TIMEOUT_S) -> dict | None:
-    """The node's status, or None if it does not answer (yet)."""
+    """The status of the node on peer port ``port`` (asked on its operator port), or None if it
+    does not answer (yet)."""
     try:
-        async with NodeClient(Address("127.0.0.1", port), timeout=timeout) as client:
+        async with NodeClient(Address("127.0.0.1", api_port(port)), timeout=timeout) as client:
             return await client.status()
     except (NodeUnavailable, RequestFailed, OSError, TimeoutError):
         return None

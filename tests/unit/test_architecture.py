@@ -19,8 +19,9 @@ LAYERS = {
     "relay": {"consensus", "wire", "identity"},
     "net": {"consensus", "wire", "identity"},
     "api": {"consensus", "wire", "identity", "ledger"},
-    "node": {"consensus", "wire", "identity", "ledger", "relay", "net", "api"},
-    "cli": {"consensus", "wire", "identity", "ledger", "relay", "net", "api", "node"},
+    "web": {"consensus", "wire", "identity", "ledger", "api"},
+    "node": {"consensus", "wire", "identity", "ledger", "relay", "net", "api", "web"},
+    "cli": {"consensus", "wire", "identity", "ledger", "relay", "net", "api", "web", "node"},
 }
 # config.py (defaults, Address, NodeConfig) imports nothing of gridchain: any layer above
 # consensus may read it.

@@ -62,6 +62,24 @@ def test_plan_resumes_at_a_gap_the_relay_signed():
     assert plan_capture("relay-1", "North", KEY, 6, runs_of((500, 3))) is None, "no notice, no skip"
 
 
+def test_plan_fills_an_open_gap_first_with_whole_seals_and_no_notice():
+    """The branch jumped from 18 to 5_000 at the relay's notice; 19..4_999 are open, and
+    displaced seals inside that range are mined as a fill before the sequence goes on."""
+    notice = gap_notice("relay-1", 5_000)
+    runs = runs_of((5_006, 2), (22, 3), (19, 3), (25, 2), (30, 2))
+    plan = plan_capture("relay-1", "North", KEY, 5_005, runs, [notice], ((19, 4_999),))
+    assert [s.first_seq for s in plan.seals] == [19, 22, 25] and plan.gap is None  # stops at the hole 27..29
+    assert [r.seq for r in plan.readings] == list(range(19, 27))
+    # A run that leaves the open range, or starts below it, is never a fill.
+    assert plan_capture("relay-1", "North", KEY, 5_005, runs_of((4_998, 3)), [], ((19, 4_999),)) is None
+    assert plan_capture("relay-1", "North", KEY, 5_005, runs_of((17, 4)), [], ((19, 4_999),)) is None
+    # A fill stays inside one range: the next run, in another range, waits for the next block.
+    two = plan_capture("relay-1", "North", KEY, 5_005, runs_of((19, 2), (21, 2)), [], ((19, 20), (21, 4_999)))
+    assert [s.first_seq for s in two.seals] == [19]
+    # With nothing to fill, the sequence goes on.
+    assert plan_capture("relay-1", "North", KEY, 5_005, runs, [notice], ()).first_seq == 5_006
+
+
 def test_plan_keeps_to_the_block_limits():
     many = runs_of(*[(1 + i, 1) for i in range(MAX_SEALS_PER_BLOCK + 5)])
     assert len(plan_capture("relay-1", "North", KEY, 0, many).seals) == MAX_SEALS_PER_BLOCK
@@ -82,6 +100,15 @@ def test_displaced_buffer_keeps_whole_seals_and_prunes_what_the_chain_holds():
     assert buffer.count("relay-1") == 3
     buffer.prune("relay-1", 6)
     assert buffer.relays() == []
+
+
+def test_displaced_buffer_keeps_what_an_open_gap_could_take():
+    buffer = DisplacedSeals()
+    buffer.add([capture(count=3, start_seq=7), capture(count=3, start_seq=10), capture(count=3, start_seq=17)])
+    buffer.prune("relay-1", 5_005, ((7, 9), (12, 4_999)))  # 10..12 straddles held 10..11: never fillable
+    assert [s.first_seq for s, _ in buffer.runs("relay-1")] == [7, 17]
+    buffer.prune("relay-1", 5_005, ((12, 4_999),))  # 7..9 was filled by another block
+    assert [s.first_seq for s, _ in buffer.runs("relay-1")] == [17]
 
 
 def test_displaced_buffer_is_bounded():
@@ -129,9 +156,13 @@ class Host:
         self.ledger = ledger
         self.task: CaptureTask | None = None
         self.mined: list = []
+        self.cut_off: float | None = None  # seconds without any configured peer ready (None: not cut off)
 
     def connected_peers(self) -> int:
         return 0
+
+    def cut_off_s(self) -> float | None:
+        return self.cut_off
 
     def accept_own_block(self, block, mined_ms: float) -> None:
         update = self.ledger.add_block(block, NOW_MS)
@@ -165,6 +196,20 @@ async def test_task_mines_what_follows_the_chain_and_continues_it(ledger):
     assert relay.reads == [0, 6, 9]
     assert [(b.capture.first_seq, b.capture.last_seq) for b in host.mined] == [(1, 6), (7, 9)]
     assert ledger.last_seq("relay-1") == 9
+
+
+async def test_a_node_just_cut_off_from_its_peers_waits_a_grace_before_mining(ledger):
+    from gridchain.node.capture import CUT_OFF_GRACE_S
+    task, host = task_for(ledger, FakeRelay([reading(i) for i in range(1, 7)]))
+    host.cut_off = CUT_OFF_GRACE_S - 0.5  # its peers just dropped: its tip may be stale
+    with capture_logs() as logs:
+        await task.capture_once()
+    assert host.mined == []
+    assert [e["reason"] for e in logs if e["event"] == "capture.waiting_for_peers"] == ["cut-off"]
+    host.cut_off = CUT_OFF_GRACE_S  # on its own for longer: it records the relay's readings
+    await task.capture_once()
+    task.miner.shutdown()
+    assert [(b.capture.first_seq, b.capture.last_seq) for b in host.mined] == [(1, 6)]
 
 
 async def test_task_never_mines_what_does_not_verify(ledger):
@@ -222,6 +267,43 @@ async def test_displaced_seals_are_mined_again_where_they_continue(ledger):
     [block] = host.mined
     assert block.capture.seals == old[0].capture.seals and block.capture.readings == old[0].capture.readings
     assert task.displaced.count() == 0
+
+
+async def test_displaced_seals_inside_an_open_gap_are_mined_again_as_a_fill(ledger):
+    """The relay lost its buffer and resumed at 1_000; the main chain held 1..12 before its
+    notice. A member forks off after seq 6, jumps straight to the notice and outmines it:
+    7..12 are displaced, the relay can no longer serve them, and the capture mines them back
+    into the gap the new tip left open, as the very seals they were, before going on."""
+    notice = gap_notice("relay-1", 1_000)
+    relay = FakeRelay([reading(i) for i in range(1_000, 1_030)], gap=notice)
+    task, host = task_for(ledger, relay)
+    a1 = make_block(ledger.tip, capture(count=6))
+    ledger.add_block(a1, NOW_MS)
+    a2 = make_block(ledger.chain.get(a1.hash), capture(start_seq=7))
+    ledger.add_block(a2, NOW_MS)
+    ledger.add_block(make_block(ledger.chain.get(a2.hash), capture(start_seq=1_000, gap=notice)), NOW_MS)
+    parent, cap, updates = ledger.chain.get(a1.hash), capture(start_seq=1_000, gap=notice), []
+    for _ in range(3):
+        block = make_block(parent, cap, "mallory", BOB)
+        updates.append(ledger.add_block(block, NOW_MS))
+        parent, cap = updates[-1].result.entry, capture(start_seq=cap.last_seq + 1)
+    assert updates[-1].result.status == "reorg" and ledger.last_seq("relay-1") == 1_017
+    for update in updates:
+        task.displaced.add(update.displaced)
+    assert [(g.first_seq, g.last_seq) for g in ledger.gaps()] == [(7, 999)]
+    assert [s.first_seq for s, _ in task.displaced.runs("relay-1")] == [7]
+    await task.capture_once()
+    [fill] = host.mined
+    assert fill.capture.seals == a2.capture.seals and fill.capture.readings == a2.capture.readings
+    assert fill.capture.gap is None and ledger.tip.hash == fill.hash and task.displaced.count() == 0
+    assert ledger.chain.open_gaps("relay-1") == ((13, 999),)
+    resumed_ms = ledger.store.relay_readings("relay-1", 999, 1_000)[0][0][2]
+    assert [(g.first_seq, g.last_seq, g.after_ms, g.resume_ms) for g in ledger.gaps()] == [
+        (13, 999, a2.capture.newest_ms, resumed_ms)]  # the hole that is left, and its time range
+    await task.capture_once()  # then the sequence goes on from the relay
+    task.miner.shutdown()
+    assert (host.mined[-1].capture.first_seq, host.mined[-1].capture.last_seq) == (1_018, 1_029)
+    assert ledger.last_seq("relay-1") == 1_029 and ledger.chain.open_gaps("relay-1") == ((13, 999),)
 
 
 async def test_displaced_seals_that_do_not_continue_are_fetched_again(ledger):

@@ -254,20 +254,69 @@ def test_prechecked_skips_only_the_context_free_checks(monkeypatch):
 
 def test_add_trusted_rebuilds_the_same_chain():
     chain = new_chain()
-    _, main = grow(chain, chain.tip, 6)
+    blocks, main = grow(chain, chain.tip, 6)
     fork = chain.main_at(3)
-    grow(chain, fork, 3, Relay.after(chain, fork), "bob", BOB)
+    blocks += grow(chain, fork, 3, Relay.after(chain, fork), "bob", BOB)[0]
+    jump = make_block(chain.tip, capture(start_seq=900, gap=gap_notice("relay-1", 900)))
+    fill = make_block(chain.add(jump, NOW_MS).entry, capture(start_seq=100))
+    chain.add(fill, NOW_MS)
+    blocks += [jump, fill]
     rebuilt = new_chain()
-    for entry in sorted((e for e in chain._entries.values() if e.parent is not None), key=lambda e: e.seq):
-        added = rebuilt.add_trusted(entry.header, entry.relay_id, entry.last_seq, entry.newest_ms, entry.relay_key)
+    for block in sorted(blocks, key=lambda b: chain.get(b.hash).seq):
+        c = block.capture
+        added = rebuilt.add_trusted(block.header, c.relay_id, c.last_seq, c.newest_ms, c.relay_key, c.first_seq)
         assert added.status != "duplicate"
     assert rebuilt.tip.hash == chain.tip.hash and len(rebuilt) == len(chain)
-    assert rebuilt.last_seq("relay-1") == chain.last_seq("relay-1")
+    assert rebuilt.last_seq("relay-1") == chain.last_seq("relay-1") == 905
+    assert rebuilt.open_gaps("relay-1") == chain.open_gaps("relay-1") == ((37, 99), (106, 899))
+    assert rebuilt.newest_reading_ms("relay-1") == chain.newest_reading_ms("relay-1") == jump.capture.newest_ms
     assert rebuilt.relay_key("relay-1") == RELAY_KEY.public_key
-    assert rebuilt.add_trusted(chain.tip.header, "relay-1", 1, 1, RELAY_KEY.public_key).status == "duplicate"
-    orphan = make_block(chain.tip, capture(start_seq=100))
+    assert rebuilt.add_trusted(chain.tip.header, "relay-1", 1, 1, RELAY_KEY.public_key, 1).status == "duplicate"
+    orphan = make_block(chain.tip, capture(start_seq=1000))
     with pytest.raises(RuleViolation):
-        new_chain().add_trusted(orphan.header, "relay-1", 1, 1, RELAY_KEY.public_key)
+        new_chain().add_trusted(orphan.header, "relay-1", 1, 1, RELAY_KEY.public_key, 1)
+
+
+def test_reorg_across_a_fill_keeps_each_branchs_gaps():
+    """The attack the fill rule answers: a fork below readings the main chain holds jumps
+    straight to the relay's notice and outmines it; the readings come back as a fill, and a
+    reorg off the fill hands them back again."""
+    chain = new_chain()
+    a_blocks, a = grow(chain, chain.tip, 3)  # 1..18
+    a4 = make_block(a[-1].entry, capture(start_seq=5_000, gap=gap_notice("relay-1", 5_000)))
+    a4_entry = chain.add(a4, NOW_MS).entry
+    assert a4_entry.gaps == ((19, 4_999),) and chain.last_seq("relay-1") == 5_005
+    fork = a[0].entry  # after seq 6
+    b2 = make_block(fork, capture(start_seq=5_000, gap=gap_notice("relay-1", 5_000)), "mallory", BOB)
+    parent = chain.add(b2, NOW_MS).entry
+    assert parent.gaps == ((7, 4_999),)
+    b_blocks, b = grow(chain, parent, 3, Relay(start_seq=5_006), "mallory", BOB)
+    assert b[-1].status == "reorg" and chain.tip is b[-1].entry
+    assert b[-1].entry.gaps is parent.gaps  # continuations share the tuple
+    assert chain.last_seq("relay-1") == 5_023 and chain.open_gaps("relay-1") == ((7, 4_999),)
+    disconnected = [*a_blocks[1:], a4]
+    displaced = displaced_readings(disconnected, chain.last_seq, chain.open_gaps)
+    expected = [r for blk in a_blocks[1:] for r in blk.capture.readings]  # 7..18; a4's 5_000.. are on the fork
+    assert displaced == [Capture("relay-1", "North", RELAY_KEY.public_key, tuple(expected),
+                                 tuple(blk.capture.seals[0] for blk in a_blocks[1:]))]
+    assert displaced_readings(disconnected, chain.last_seq) == []  # without the gaps they looked held
+
+    fill_cap = displaced[0]
+    fill = make_block(chain.tip, fill_cap)
+    filled = chain.add(fill, NOW_MS)
+    assert filled.status == "extended" and chain.open_gaps("relay-1") == ((19, 4_999),)
+    assert chain.last_seq("relay-1") == 5_023 and chain.newest_reading_ms("relay-1") == b_blocks[-1].capture.newest_ms
+    assert chain.open_gaps("relay-1", b[-1].entry) == ((7, 4_999),)  # the branch below the fill is unchanged
+
+    # A rival on the fork's tip, without the fill, outmines it: the fill's seals come back.
+    rival_blocks, rival = grow(chain, b[-1].entry, 2, Relay(start_seq=5_024), "bob", BOB)
+    assert rival[-1].status == "reorg" and rival[-1].disconnected == (filled.entry,)
+    assert chain.open_gaps("relay-1") == ((7, 4_999),)
+    again = displaced_readings([fill], chain.last_seq, chain.open_gaps)
+    assert again == [fill_cap]
+    # Filled on the rival too, the readings are there once; the old main chain's gap is its own.
+    chain.add(make_block(chain.tip, fill_cap), NOW_MS)
+    assert chain.open_gaps("relay-1") == ((19, 4_999),) and a4_entry.gaps == ((19, 4_999),)
 
 
 def test_undo_takes_back_adds_newest_first():

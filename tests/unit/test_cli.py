@@ -53,7 +53,7 @@ def test_global_options_before_or_after_the_subcommand():
     after = parser.parse_args(["status", "--node", "10.0.0.2:5005", "--json"])
     default = parser.parse_args(["status"])
     assert before.node == after.node == Address("10.0.0.2", 5005) and before.json and after.json
-    assert default.node == Address("127.0.0.1", 5004) and not default.json
+    assert default.node == Address("127.0.0.1", 6004) and not default.json
 
 
 def test_bad_node_address_is_a_usage_error(capsys):
@@ -75,7 +75,7 @@ def test_times_as_ms_or_iso(text, expected):
 
 
 def test_bad_time_and_iso_round_trip():
-    with pytest.raises(ValueError, match="neither milliseconds nor an ISO-8601 time"):
+    with pytest.raises(ValueError, match="neither milliseconds, an ISO-8601 time .* nor a time ago"):
         parse_time_ms("yesterday")
     assert iso_ms(1_795_700_700_250) == "2026-11-26T13:45:00.250Z" and iso_ms(None) == "-"
     assert parse_time_ms(iso_ms(1_795_700_700_251)) == 1_795_700_700_251
@@ -84,8 +84,12 @@ def test_bad_time_and_iso_round_trip():
 def test_block_refs():
     assert parse_block_ref("42") == {"height": 42}
     assert parse_block_ref("AB" * 32) == {"hash": bytes.fromhex("ab" * 32)}
-    with pytest.raises(ValueError, match="short hashes"):
-        parse_block_ref("1a2b3c4d5e6f")
+    assert parse_block_ref("1a2b3c4d5e6f") == {"prefix": "1a2b3c4d5e6f"}  # the 12 digits tables print
+    assert parse_block_ref("000026934773") == {"prefix": "000026934773"}  # a proof-of-work hash starts with 0
+    assert parse_block_ref("0") == {"height": 0}
+    for bad in ("abc", "xyz123", "ab" * 33):
+        with pytest.raises(ValueError, match="neither a height"):
+            parse_block_ref(bad)
 
 
 def test_readings_flags(capsys):
@@ -123,7 +127,7 @@ def test_readings_rows_csv_and_json():
     assert line.endswith(",12.5,2,0,9," + "ab" * 32)
     out = io.StringIO()
     _Writer("json", out).write([row_to_dict(row)])
-    assert json.loads(out.getvalue()) == as_dict
+    assert json.loads(out.getvalue()) == {**as_dict, "time": "2026-11-26T13:45:00.000Z"}  # the ISO time, as in CSV
     out = io.StringIO()
     _Writer("table", out).write([row_to_dict(row)])
     head, body = out.getvalue().splitlines()
@@ -257,7 +261,7 @@ def test_verify_lists_the_gaps_a_relay_signed(capsys):
     gap = Gap("Relay 1", 101, 250, 1_795_700_700_000, 1_795_700_800_000, 1_795_700_790_000, 12, b"\xab" * 32)
     assert report(True, 40, [], "the store", False, [gap_row(gap)]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == "OK: 40 blocks checked in the store, no problems; 1 gap(s) signed by the relay"
+    assert out[0] == "OK: 40 blocks checked in the store, no problems; 1 gap signed by the relay"
     assert out[1] == ("  gap  Relay 1: seq 101..250 (150 readings) lost between 2026-11-26T13:45:00.000Z and "
                       "2026-11-26T13:46:40.000Z; the relay restarted at 2026-11-26T13:46:30.000Z and signed the "
                       "loss (block 12)")

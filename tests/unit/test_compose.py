@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from gridchain.cli.commands import build_client_parser, main
+from gridchain.cli.commands.health import judge
 from gridchain.cli.settings import load_node_settings, load_relay_settings
 from gridchain.config import Address
 from gridchain.identity.keys import NodeKey
@@ -97,8 +98,26 @@ def node_settings(volumes):
         assert program == "gridchaind"
         at = argv.index("--network-file") + 1
         argv[at] = on_host(volumes, name, [argv[at]])[0]
-        return load_node_settings(argv, env={})
+        # The service's environment too: its GRIDCHAIN_NODE (for the client) must not stop the node.
+        return load_node_settings(argv, env=environment(name), default_config=None)
     return load
+
+
+def environment(name: str) -> dict[str, str]:
+    env = SERVICES[name].get("environment", {})
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {key: str(value) for key, value in env.items()}
+
+
+def published(name: str) -> list[tuple[str, int, int]]:
+    """A service's published ports as (host address, host port, container port)."""
+    found = []
+    for spec in SERVICES[name].get("ports", []):
+        parts = str(spec).split(":")
+        assert len(parts) == 3, f"{name}: {spec} publishes on every interface (write 127.0.0.1:HOST:CONTAINER)"
+        found.append((parts[0], int(parts[1]), int(parts[2])))
+    return found
 
 
 def relay_settings():
@@ -124,7 +143,8 @@ def test_node_command_parses_and_uses_the_prototype_ports(name, node_settings):
     config = settings.config
     assert config.host == "0.0.0.0" and config.port == 5003 + int(name[-1])
     assert str(config.data_dir) == "/data" and settings.log_format == "json"
-    assert f"{config.port}:{config.port}" in SERVICES[name]["ports"]
+    assert published(name) == [], "a node publishes no port: peers meet on the compose network"
+    assert config.api_host == "127.0.0.1" and config.operator_port == config.port + 1000
 
 
 @pytest.mark.parametrize("name", NODES)
@@ -190,12 +210,40 @@ def test_data_on_a_declared_named_volume(name):
 
 
 @pytest.mark.parametrize("name", NODES)
-def test_healthcheck_runs_gridchain_status_against_its_own_port(name, node_settings):
+def test_gridchain_in_a_node_container_asks_that_node(name, node_settings):
+    """`docker compose exec node2 gridchain status` asks node2: GRIDCHAIN_NODE is its own operator port."""
+    args = build_client_parser(env=environment(name)).parse_args(["status"])
+    assert args.node == Address("127.0.0.1", node_settings(name).config.operator_port)
+
+
+@pytest.mark.parametrize("name", NODES)
+def test_healthcheck_means_peered_and_synced_on_its_own_node(name, node_settings):
     test = SERVICES[name]["healthcheck"]["test"]
     assert test[0] == "CMD" and test[1] == "gridchain"
-    args = build_client_parser().parse_args(test[2:])
-    assert args.command == "status" and args.json
-    assert args.node == Address("127.0.0.1", node_settings(name).config.port)
+    args = build_client_parser(env=environment(name)).parse_args(test[2:])
+    assert args.command == "health" and args.min_peers >= 1
+    assert args.node == Address("127.0.0.1", node_settings(name).config.operator_port)
+    peer = {"state": "ready", "height": 7, "tip": "00ab00ab00ab"}
+    assert judge({"height": 7, "tip": "00ab00ab00ab" + "0" * 52, "peers": [peer]}, args.min_peers).healthy
+    assert not judge({"height": 7, "tip": "00ab00ab00ab", "peers": [{**peer, "state": "handshake"}]},
+                     args.min_peers).healthy, "a node with no ready peer is not healthy"
+    assert not judge({"height": 5, "tip": "00cd", "peers": [peer]}, args.min_peers).healthy, "behind is not synced"
+
+
+def test_published_ports_are_on_loopback_only():
+    for name in SERVICES:
+        for host, _, _ in published(name):
+            assert host == "127.0.0.1", f"{name} publishes on {host}"
+    assert published("relay") == [("127.0.0.1", 5010, 5010)]
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_every_service_caps_its_logs(name):
+    logging = SERVICES[name]["logging"]
+    assert logging["driver"] == "json-file"
+    size = logging["options"]["max-size"]
+    assert size.endswith("m") and 1 <= int(size[:-1]) <= 100
+    assert 1 <= int(logging["options"]["max-file"]) <= 10
 
 
 @pytest.mark.parametrize("name", [*NODES, "relay"])
@@ -209,7 +257,10 @@ def test_nodes_and_relay_start_after_init_has_finished(name):
 
 def test_dockerfile_basics():
     text = (ROOT / "Dockerfile").read_text()
-    assert "FROM python:3.11-slim" in text and "pip install ." in text
+    assert "FROM python:3.11-slim" in text
+    assert "COPY requirements.lock" in text and "pip install --require-hashes -r requirements.lock" in text
+    assert "pip install --no-deps ." in text, "gridchain itself adds no unpinned dependency"
+    assert "COPY pyproject.toml README.md LICENSE" in text  # what the build reads
     assert "USER gridchain" in text and "EXPOSE 5004-5010" in text
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert ".venv" in ignored and ".git" in ignored

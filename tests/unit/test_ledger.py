@@ -187,13 +187,31 @@ def test_add_blocks_commits_a_run_at_once(ledger, monkeypatch):
     blocks = _chain_of(ledger, 20, relay)
     commits = []
     real_commit = ledger.store.commit
-    monkeypatch.setattr(ledger.store, "commit", lambda *args: commits.append(args) or real_commit(*args))
+    monkeypatch.setattr(ledger.store, "commit",
+                        lambda *args, **kwargs: commits.append(args) or real_commit(*args, **kwargs))
     batch = ledger.add_blocks(blocks, NOW_MS)
     assert len(commits) == 1 and len(commits[0][0]) == 20, "one transaction for the whole run"
     assert batch.rejected is None and batch.error is None
     assert [u.result.status for u in batch.updates] == ["extended"] * 20
     assert ledger.height == 22 and ledger.store.tip_hash() == blocks[-1].hash
     assert ledger.add_blocks(blocks[:3], NOW_MS).updates[0].result.status == "duplicate"
+
+
+def test_add_blocks_stores_the_wire_bytes_it_is_given_without_encoding_again(ledger, monkeypatch):
+    relay = Relay("relay-1")
+    blocks = _chain_of(ledger, 5, relay)
+    raws = [block.encode() for block in blocks]
+
+    def no_encoding(self):
+        raise AssertionError("a block that came with its bytes was encoded again")
+
+    monkeypatch.setattr(Block, "encode", no_encoding)
+    batch = ledger.add_blocks(blocks, NOW_MS, raws)
+    assert batch.error is None and ledger.height == 5
+    monkeypatch.undo()
+    assert [ledger.get_raw(b.hash) for b in blocks] == raws
+    with pytest.raises(ValueError):
+        ledger.add_blocks(blocks, NOW_MS, raws[:2])
 
 
 def test_add_blocks_keeps_the_valid_prefix_and_names_the_bad_block(ledger):
@@ -546,3 +564,56 @@ def test_audit_lists_the_gaps_the_relays_signed(ledger):
     [gap] = report.gaps
     assert (gap.relay_id, gap.first_seq, gap.last_seq, gap.resume_ms) == ("relay-1", 13, 999, 2_000_000_000_000)
     assert ledger.gaps() == report.gaps
+
+
+def test_a_fill_survives_reopen_and_audit_and_only_the_rest_is_a_gap(tmp_path):
+    """Seq 1..12, the relay's notice at 1_000, a fork from seq 6 that jumps to it and wins,
+    then a fill of 7..12: the reopened chain knows the gap that is left (the next fill is
+    judged the same), the full audit replays the fill, and both list 13..999 alone."""
+    from tests.support.blocks import capture, gap_notice
+
+    notice = gap_notice("relay-1", 1_000)
+    ledger = Ledger.open(tmp_path, PARAMS, NOW_MS)
+    first, second = add_line(ledger, 2, Relay("relay-1"))
+    ledger.add_block(make_block(ledger.tip, capture(start_seq=1_000, gap=notice)), NOW_MS)
+    parent, displaced = ledger.chain.get(first.hash), []
+    for start in (1_000, 1_006, 1_012):
+        block = make_block(parent, capture(start_seq=start, gap=notice if start == 1_000 else None), "bob", BOB)
+        update = ledger.add_block(block, NOW_MS)
+        parent, displaced = update.result.entry, displaced + update.displaced
+    assert [(c.first_seq, c.last_seq) for c in displaced] == [(7, 12)]
+    ledger.add_block(make_block(ledger.tip, displaced[0]), NOW_MS)
+    state, gaps = snapshot(ledger), ledger.gaps()
+    assert [(g.first_seq, g.last_seq) for g in gaps] == [(13, 999)]
+    ledger.close()
+    reopened = Ledger.open(tmp_path, PARAMS, NOW_MS)
+    try:
+        assert snapshot(reopened) == state and reopened.gaps() == gaps
+        assert reopened.chain.open_gaps("relay-1") == ((13, 999),)
+        with pytest.raises(RuleViolation) as caught:  # the same readings again are held now
+            reopened.add_block(make_block(reopened.tip, displaced[0], "bob", BOB), NOW_MS)
+        assert caught.value.reason == "duplicate-reading"
+        report = audit_store(reopened.store.path, PARAMS)
+        assert report.ok, report.problems
+        assert report.gaps == gaps
+    finally:
+        reopened.close()
+
+
+def test_an_index_reading_count_that_moves_the_gaps_is_damage(tmp_path):
+    """The index's count gives the rebuilt chain each block's first seq; an edited count
+    that would open another gap range is named on open, not trusted."""
+    from tests.support.blocks import capture, gap_notice
+
+    ledger = Ledger.open(tmp_path, PARAMS, NOW_MS)
+    add_line(ledger, 2, Relay("relay-1"))
+    jump = make_block(ledger.tip, capture(start_seq=1_000, gap=gap_notice("relay-1", 1_000)))
+    ledger.add_block(jump, NOW_MS)
+    ledger.close()
+    db = sqlite3.connect(tmp_path / DB_FILE)
+    db.execute("UPDATE blocks SET n_readings = 3 WHERE hash = ?", (jump.hash,))
+    db.commit()
+    db.close()
+    with pytest.raises(LedgerDamaged) as caught:
+        Ledger.open(tmp_path, PARAMS, NOW_MS)
+    assert caught.value.height == jump.height and "open gaps" in caught.value.reason

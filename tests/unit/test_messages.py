@@ -18,6 +18,9 @@ from gridchain.consensus.block import Block, Capture, Header, Reading
 from gridchain.consensus.chain import MAX_LOCATOR_HASHES
 from gridchain.consensus.provenance import GapNotice, Seal, make_flags
 from gridchain.wire import fields
+from gridchain.api.messages import FinalityReply, FinalityRequest, RawHeadersReply, RawHeadersRequest
+from gridchain.consensus.finality import Certificate, Checkpoint, Evidence, Vote
+from gridchain.net.messages import CertificatesMessage, EvidenceMessage, HelloProof, VoteMessage
 from gridchain.node import port as m
 from gridchain.node.port import (
     ALL_MESSAGES, CLIENT_REPLIES, CLIENT_REQUESTS, MAX_BLOCKS_PER_MESSAGE, MAX_HEADERS, MAX_LOCATOR,
@@ -123,14 +126,29 @@ def proof_replies(draw):
                         row.seq, Seal(first, count, draw(signatures)), tuple(draw(st.lists(hashes, max_size=14))))
 
 
+checkpoints = st.builds(Checkpoint, u64, hashes)
+votes = st.builds(Vote, hashes, checkpoints, checkpoints, signatures)
+certificates = st.builds(Certificate, checkpoints, checkpoints,
+                         st.lists(st.tuples(hashes, signatures), max_size=4).map(tuple))
+raw_headers = st.lists(st.binary(min_size=128, max_size=128), max_size=3).map(tuple)
+
 MESSAGES = {
     m.Hello: st.builds(m.Hello, st.integers(0, 2**32 - 1), labels, hashes, hashes, st.integers(0, 65535), heights,
-                       hashes, works, labels, labels),
+                       hashes, works, labels, labels, st.just(b"") | hashes),
+    HelloProof: st.builds(HelloProof, signatures),
     m.Tip: st.builds(m.Tip, heights, hashes, works),
     m.BlockMessage: st.builds(m.BlockMessage, blocks),
     m.GetBlocks: st.builds(m.GetBlocks, st.lists(hashes, min_size=1, max_size=MAX_LOCATOR).map(tuple),
                            st.integers(1, MAX_BLOCKS_PER_MESSAGE)),
-    m.Blocks: st.builds(m.Blocks, st.lists(blocks, max_size=3).map(tuple), st.booleans()),
+    m.Blocks: st.builds(m.Blocks, st.lists(blocks, max_size=3).map(tuple), st.booleans(), st.none() | certificates),
+    VoteMessage: st.builds(VoteMessage, votes),
+    EvidenceMessage: st.builds(lambda a, b: EvidenceMessage(Evidence.of(a, b)), votes, votes),
+    CertificatesMessage: st.builds(CertificatesMessage, st.lists(certificates, max_size=3).map(tuple)),
+    FinalityRequest: st.builds(FinalityRequest, st.none() | heights),
+    FinalityReply: st.builds(FinalityReply, st.binary(min_size=128, max_size=128), st.binary(max_size=300), labels,
+                             raw_headers),
+    RawHeadersRequest: st.builds(RawHeadersRequest, heights, heights),
+    RawHeadersReply: st.builds(RawHeadersReply, raw_headers),
     m.Ping: st.builds(m.Ping, u64),
     m.Pong: st.builds(m.Pong, u64),
     m.Reject: st.builds(m.Reject, codes, labels),
@@ -151,7 +169,7 @@ MESSAGES = {
         st.lists(gap_rows, max_size=3).map(tuple), st.integers(0, 2**63 - 1)),
     m.Subscribe: st.just(m.Subscribe()),
     m.BlockEvent: st.builds(m.BlockEvent, heights, hashes, labels, labels, st.integers(0, 10_000),
-                            st.none() | i64, u64),
+                            st.none() | i64, u64, st.none() | heights),
     m.Error: st.builds(m.Error, codes, labels),
 }
 any_message = st.one_of(*MESSAGES.values())
@@ -165,7 +183,8 @@ def test_every_message_has_a_strategy_and_a_unique_type():
     assert set(PEER_MESSAGES) | set(CLIENT_REQUESTS) | set(CLIENT_REPLIES) == set(ALL_MESSAGES)
     assert {cls.TYPE for cls in PEER_MESSAGES}.isdisjoint(cls.TYPE for cls in CLIENT_REQUESTS)
     assert {cls.TYPE for cls in PEER_MESSAGES} == {
-        "hello", "tip", "block", "get_blocks", "blocks", "ping", "pong", "reject"}
+        "hello", "hello_proof", "tip", "block", "get_blocks", "blocks", "vote", "evidence", "certificates", "ping",
+        "pong", "reject"}
 
 
 @pytest.mark.parametrize("cls", ALL_MESSAGES, ids=lambda cls: cls.TYPE)
@@ -181,6 +200,7 @@ def test_messages_are_small_frozen_documented_dataclasses(cls):
 def example_of(cls):
     return {
         m.Hello: m.Hello(PROTOCOL_VERSION, "main", H, H, 5004, 0, H, 1, "gridchain/0.1.0", "north"),
+        HelloProof: HelloProof(bytes(64)),
         m.Tip: m.Tip(1, H, 3), m.BlockMessage: m.BlockMessage(BLOCK), m.GetBlocks: m.GetBlocks((H,), 500),
         m.Blocks: m.Blocks((BLOCK,), False), m.Ping: m.Ping(1), m.Pong: m.Pong(1), m.Reject: m.Reject("bad-pow"),
         m.Status: m.Status({"height": 1}), m.BlockRequest: m.BlockRequest(height=1),
@@ -192,7 +212,37 @@ def example_of(cls):
         m.VerifyReply: m.VerifyReply(True, 1), m.Error: m.Error("not-found"),
         m.BlockEvent: m.BlockEvent(1, H, "a", "r", 6, None, 5),
         m.StatusRequest: m.StatusRequest(), m.VerifyRequest: m.VerifyRequest(), m.Subscribe: m.Subscribe(),
+        VoteMessage: VoteMessage(VOTE), EvidenceMessage: EvidenceMessage(Evidence.of(VOTE, OTHER_VOTE)),
+        CertificatesMessage: CertificatesMessage((CERT,)), FinalityRequest: FinalityRequest(3),
+        FinalityReply: FinalityReply(bytes(128), CERT.encode(), "note\n", (bytes(128),)),
+        RawHeadersRequest: RawHeadersRequest(1, 2), RawHeadersReply: RawHeadersReply(()),
     }[cls]
+
+
+VOTE = Vote(b"\x01" * 32, Checkpoint(4, H), Checkpoint(5, b"\x02" * 32), b"\x03" * 64)
+OTHER_VOTE = Vote(b"\x01" * 32, Checkpoint(4, H), Checkpoint(5, b"\x04" * 32), b"\x05" * 64)
+CERT = Certificate(Checkpoint(4, H), Checkpoint(5, b"\x02" * 32), ((b"\x01" * 32, b"\x03" * 64),))
+
+
+def test_a_vote_travels_as_its_176_bytes_and_evidence_as_352():
+    body = encode_message(VoteMessage(VOTE))[1]
+    assert body == {"vote": VOTE.encode()} and len(body["vote"]) == 176
+    assert encode_message(EvidenceMessage(Evidence.of(VOTE, OTHER_VOTE)))[1]["evidence"] == \
+        Evidence.of(VOTE, OTHER_VOTE).encode()
+    assert refused(["vote", {"vote": VOTE.encode()[:-1]}]).reason == "bad-field"
+    backwards = Evidence.of(VOTE, OTHER_VOTE)
+    raw = backwards.second.encode() + backwards.first.encode()
+    assert refused(["evidence", {"evidence": raw}]).reason == "bad-field"  # not canonical: one form per pair
+
+
+def test_blocks_carry_one_certificate_and_the_stored_form_frame_matches():
+    from gridchain.net.messages import blocks_frame
+    message = m.Blocks((BLOCK,), True, CERT)
+    assert through_wire(message) == message
+    assert blocks_frame([BLOCK.encode()], True, certificate=CERT.encode()) == encode_frame(encode_message(message))
+    assert through_wire(m.Blocks((BLOCK,), False)).certificate is None
+    assert refused(["blocks", {"blocks": [], "more": False, "certificate": b"\x00" * 10}]).reason == "bad-field"
+    assert refused(["certificates", {"certificates": [b"\x00" * 81]}]).reason == "bad-field"
 
 
 def test_protocol_constants():

@@ -85,7 +85,9 @@ def test_to_toml_round_trips(tmp_path):
     (lambda t: t.replace('"Relay 1"', '" Relay 1"'), "net.toml:15: relays[1].id: ' Relay 1' starts or ends"),
     (lambda t: t + '\n[[relays]]\nid = "Relay 1"\nsubstation = "B"\nkey = "' + CUSTOMER.hex() + '"\n',
      "net.toml:20: relays[2].id: 'Relay 1' is already used by relays[1]"),
-    (lambda t: t + "\n[finality]\ndepth = 6\n", "net.toml:19: finality: unknown table or key (finality settings"),
+    (lambda t: t + "\n[finality]\ndepth = 6\n",
+     "net.toml:20: finality.depth: unknown field (known: checkpoint_interval, quorum)"),
+    (lambda t: "finality = 3\n" + t, "net.toml:1: finality: must be a table"),
     (lambda t: t.split("[[relays]]")[0], "net.toml: relays: the network names no relays"),
     (lambda t: "[network]\nname = \"x\"\ndifficulty = 1\n", "net.toml: members: the network names no members"),
     (lambda t: t.replace("[network]", "[netwrk]"), "net.toml:1: netwrk: unknown table or key"),
@@ -153,6 +155,87 @@ def test_an_open_network_is_name_and_difficulty_alone():
         doc.to_toml()
     with pytest.raises(NetworkFileError):
         NetworkDocument.open_network("", 16)
+
+
+# --- [finality] ---------------------------------------------------------------------------------
+FOUR = TEXT.replace("[[relays]]", f"""[[members]]
+name = "customer"
+key = "{CUSTOMER.hex()}"
+
+[[members]]
+name = "auditor"
+key = "{NodeKey.from_seed(bytes([5]) * 32).public_key.hex()}"
+
+[[relays]]""")
+
+
+def finality_error(text: str) -> NetworkFileError:
+    with pytest.raises(NetworkFileError) as info:
+        parse_network_text(text, "net.toml")
+    return info.value
+
+
+def test_finality_defaults_without_a_table_and_the_hash_is_unchanged():
+    doc = parse_network_text(FOUR)
+    assert (doc.checkpoint_interval, doc.quorum, doc.finality_quorum) == (1, None, 3)
+    params = doc.params()
+    assert (params.checkpoint_interval, params.quorum) == (1, 3)
+    assert b"finality" not in doc.canonical_bytes()  # networks from before finality keep their hash
+    stated = parse_network_text(FOUR + "\n[finality]\ncheckpoint_interval = 1\nquorum = 3\n")
+    assert stated.network_hash() == doc.network_hash()  # spelling out the defaults is the same network
+    assert params.network_hash == doc.network_hash()
+
+
+def test_finality_settings_are_read_hashed_and_carried_to_the_params(tmp_path):
+    doc = parse_network_text(FOUR + "\n[finality]\ncheckpoint_interval = 10\nquorum = 4\n")
+    assert (doc.checkpoint_interval, doc.quorum) == (10, 4)
+    assert msgpack.unpackb(doc.canonical_bytes())["finality"] == {"checkpoint_interval": 10, "quorum": 4}
+    assert list(msgpack.unpackb(doc.canonical_bytes())) == ["difficulty", "finality", "members", "name", "relays"]
+    others = [parse_network_text(FOUR + extra).network_hash() for extra in
+              ("", "\n[finality]\ncheckpoint_interval = 10\n", "\n[finality]\nquorum = 4\n")]
+    assert len({doc.network_hash(), *others}) == 4
+    params = doc.params()
+    assert (params.checkpoint_interval, params.quorum, params.network_hash) == (10, 4, doc.network_hash())
+    path = tmp_path / "net.toml"
+    path.write_text(doc.to_toml())
+    assert load_network_file(path) == doc and "[finality]" in doc.to_toml()
+    assert doc.as_dict()["finality"] == {"checkpoint_interval": 10, "quorum": 4}
+    assert "[finality]" not in parse_network_text(FOUR).to_toml()
+
+
+@pytest.mark.parametrize("table, reason, message", [
+    ("quorum = 2", "quorum-too-small", "net.toml:28: finality.quorum: 2 of 4 members is not more than two thirds"),
+    ("quorum = 5", "quorum-too-large", "net.toml:28: finality.quorum: 5 is more than the 4 members"),
+    ("quorum = 0", "quorum-too-small", "net.toml:28: finality.quorum: 0 of 4"),
+    ('quorum = "3"', "bad-quorum", "net.toml:28: finality.quorum: '3' is not a whole number"),
+    ("quorum = true", "bad-quorum", "net.toml:28: finality.quorum: True"),
+    ("checkpoint_interval = 0", "bad-checkpoint-interval", "net.toml:28: finality.checkpoint_interval: 0 is not"),
+    ("checkpoint_interval = 10081", "bad-checkpoint-interval", "net.toml:28: finality.checkpoint_interval: 10081"),
+    ("checkpoint_interval = 1.5", "bad-checkpoint-interval", "net.toml:28: finality.checkpoint_interval: 1.5"),
+])
+def test_bad_finality_settings_are_named(table, reason, message):
+    error = finality_error(FOUR + f"\n[finality]\n{table}\n")
+    assert error.reason == reason and str(error).startswith(message)
+
+
+def test_the_quorum_bound_is_more_than_two_thirds():
+    from gridchain.consensus.params import default_quorum
+
+    assert [default_quorum(n) for n in (1, 2, 3, 4, 5, 6, 7, 16, 100)] == [1, 2, 3, 3, 4, 5, 5, 11, 67]
+    assert parse_network_text(TEXT + "\n[finality]\nquorum = 2\n").quorum == 2  # 2 of 2
+    assert finality_error(TEXT + "\n[finality]\nquorum = 1\n").reason == "quorum-too-small"  # 1 of 2
+
+
+def test_params_keep_their_old_constructor_and_hash():
+    from gridchain.consensus.params import NetworkParams
+
+    open_net = NetworkParams("dev", 3)
+    assert (open_net.checkpoint_interval, open_net.quorum) == (1, None)  # an open network has no finality
+    assert open_net.network_hash == hashlib.sha256(msgpack.packb({"difficulty": 3, "name": "dev"})).digest()
+    named = NetworkParams("n", 1, members=frozenset({OPERATOR, REGULATOR, CUSTOMER}))
+    assert named.quorum == 3 and named.network_hash == NetworkParams("n", 1, members=named.members,
+                                                                     quorum=3).network_hash
+    assert NetworkParams("n", 1, members=named.members, checkpoint_interval=5).network_hash != named.network_hash
 
 
 # --- NetworkParams ----------------------------------------------------------------------------

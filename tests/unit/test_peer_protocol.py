@@ -9,37 +9,54 @@ runs the node-wide SyncState against an in-memory chain that answers ``get_block
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 
 import msgpack
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from gridchain.net import protocol, sync
+from gridchain.identity.keys import SigningKey
+from gridchain.net import handshake, protocol, sync
 from gridchain.net.messages import (
-    MAX_BLOCKS_PER_MESSAGE, PROTOCOL_VERSION, Blocks, GetBlocks, Hello, Ping, Pong, Reject, Tip, blocks_frame,
-    encode_message,
+    MAX_BLOCKS_PER_MESSAGE, PROTOCOL_VERSION, Blocks, GetBlocks, Hello, HelloProof, Ping, Pong, Reject, Tip,
+    blocks_frame, decode_message, encode_message,
 )
-from gridchain.net.penalties import BLOCK, LINK, REJECTED, Cost, cost_of
+from gridchain.net.penalties import BLOCK, FINALITY, LINK, REJECTED, Cost, cost_of
 from gridchain.net.protocol import Deliver, PeerProtocol, ProtocolViolation, Ready, Send
 from gridchain.net.sync import SyncState
 from gridchain.wire.frames import encode_frame
 
 GENESIS = b"\x00" * 32
+PROOF = protocol.PROOF_REASON
+
+
+def key_of(name: str) -> SigningKey:
+    return SigningKey.from_seed(hashlib.sha256(name.encode()).digest())
 
 
 def hello(name: str, *, network: str = "test-net", genesis: bytes = GENESIS, key: bytes | None = None,
-          version: int = PROTOCOL_VERSION, work: int = 1) -> Hello:
+          version: int = PROTOCOL_VERSION, work: int = 1, nonce: bytes | None = None) -> Hello:
+    """``name``'s hello with a fresh nonce, claiming ``key`` (default: ``name``'s own)."""
     return Hello(version=version, network=network, genesis=genesis,
-                 node_key=key or hashlib.sha256(name.encode()).digest(), listen_port=0, height=0, tip=GENESIS,
-                 work=work, agent="test", name=name)
+                 node_key=key or key_of(name).public_key, listen_port=0, height=0, tip=GENESIS,
+                 work=work, agent="test", name=name, nonce=os.urandom(32) if nonce is None else nonce)
 
 
 class Pair:
-    """A dialler and a listener joined by a perfect link; ``events`` holds what each side surfaced."""
+    """A dialler and a listener joined by a perfect link; ``events`` holds what each side surfaced.
 
-    def __init__(self, dialler: Hello, listener: Hello, now: float = 0.0, admit=protocol.admit_all) -> None:
-        self.a = PeerProtocol(dialler, inbound=False, now=now)
-        self.b = PeerProtocol(listener, inbound=True, now=now, admit=admit)
+    Each side signs with the key of its hello's name unless ``sign_a``/``sign_b`` says otherwise
+    (an impostor: it claims one key and holds another).
+    """
+
+    def __init__(self, dialler: Hello, listener: Hello, now: float = 0.0, admit=protocol.admit_all, *,
+                 members: frozenset[bytes] | None = None, sign_a=None, sign_b=None,
+                 admit_a=protocol.admit_all) -> None:
+        self.a = PeerProtocol(dialler, inbound=False, now=now, sign=sign_a or key_of(dialler.name).sign,
+                              members=members, admit=admit_a)
+        self.b = PeerProtocol(listener, inbound=True, now=now, sign=sign_b or key_of(listener.name).sign,
+                              members=members, admit=admit)
         self.events: dict[str, list] = {"a": [], "b": []}
         self.wire: list[tuple[str, object]] = []  # (sender, message) in the order sent
         self._queue: list[tuple[str, object]] = []
@@ -66,71 +83,230 @@ class Pair:
             receiver = "b" if sender == "a" else "a"
             self._take(receiver, getattr(self, receiver).receive(message, now))
 
+    def kinds(self) -> list[tuple[str, type]]:
+        return [(side, type(m)) for side, m in self.wire]
+
+
+def refused(pair: Pair, now: float = 0.1) -> ProtocolViolation:
+    with pytest.raises(ProtocolViolation) as info:
+        pair.pump(now)
+    return info.value
+
 
 # --- handshake -------------------------------------------------------------------------------
 
-def test_handshake_makes_both_sides_ready_with_the_other_hello():
+def test_both_keys_proven_then_both_sides_are_ready_with_the_other_hello():
     alice, bob = hello("alice"), hello("bob")
     pair = Pair(alice, bob)
     pair.pump(0.1)
-    assert [type(m) for _, m in pair.wire] == [Hello, Hello]  # the dialler speaks first
+    # The dialler speaks first; the listener's proof comes last and is its acceptance.
+    assert pair.kinds() == [("a", Hello), ("b", Hello), ("a", HelloProof), ("b", HelloProof)]
     assert pair.events == {"a": [Ready(bob)], "b": [Ready(alice)]}
-    assert pair.a.state == pair.b.state == "ready"
+    assert pair.a.state == pair.b.state == "ready" and pair.a.proven and pair.b.proven
     assert pair.a.remote == bob and pair.b.remote == alice
+    assert not pair.a.found_self and not pair.b.found_self
+
+
+def test_the_proof_signs_the_documented_bytes():
+    alice, bob = hello("alice"), hello("bob")
+    pair = Pair(alice, bob)
+    pair.pump(0.1)
+    proofs = {side: m.signature for side, m in pair.wire if isinstance(m, HelloProof)}
+    # docs/protocol.md, "Identity proof": tag, genesis, role, signer key, other key, signer
+    # nonce, other nonce, binding length, binding.
+    dialler = b"gridchain/hello-proof/v1" + GENESIS + b"\x01" + alice.node_key + bob.node_key \
+        + alice.nonce + bob.nonce + b"\x00"
+    listener = b"gridchain/hello-proof/v1" + GENESIS + b"\x02" + bob.node_key + alice.node_key \
+        + bob.nonce + alice.nonce + b"\x00"
+    assert len(dialler) == len(listener) == 186
+    Ed25519PublicKey.from_public_bytes(alice.node_key).verify(proofs["a"], dialler)
+    Ed25519PublicKey.from_public_bytes(bob.node_key).verify(proofs["b"], listener)
+    frame = encode_frame(encode_message(HelloProof(signature=proofs["a"])))
+    assert frame[4:] == msgpack.packb(["hello_proof", {"signature": proofs["a"]}], use_bin_type=True)
+    assert decode_message(msgpack.unpackb(frame[4:])) == HelloProof(proofs["a"])
 
 
 @pytest.mark.parametrize("change", [{"network": "other-net"}, {"genesis": b"\x01" * 32}],
                          ids=["network", "genesis"])
 def test_hello_of_another_network_is_refused_and_only_dropped(change):
     pair = Pair(hello("alice", **change), hello("bob"))
-    with pytest.raises(ProtocolViolation) as info:
-        pair.pump(0.1)
-    assert info.value.reason == "wrong-network" and info.value.cost is Cost.DROP and info.value.reply
+    fault = refused(pair)
+    assert fault.reason == "wrong-network" and fault.cost is Cost.DROP and fault.reply
     assert pair.b.state == "handshake" and [s for s, _ in pair.wire] == ["a"], "no hello in answer"
 
 
 def test_newer_protocol_version_is_dropped_not_banned():
-    pair = Pair(hello("alice", version=PROTOCOL_VERSION + 1), hello("bob"))
+    fault = refused(Pair(hello("alice", version=PROTOCOL_VERSION + 1), hello("bob")))
+    assert fault.reason == "bad-version" and fault.cost is Cost.DROP
+
+
+def test_a_hello_without_a_nonce_cannot_be_proven():
+    for pair in (Pair(hello("alice", nonce=b""), hello("bob")), Pair(hello("alice"), hello("bob", nonce=b""))):
+        fault = refused(pair)
+        assert fault.reason == PROOF and fault.cost is Cost.DROP
+        assert not any(isinstance(m, HelloProof) for _, m in pair.wire), "nobody signs for an unprovable hello"
+
+
+def test_a_forged_proof_is_refused_before_anything_uses_the_claimed_key():
+    consulted = []
+    alice = hello("mallory", key=key_of("alice").public_key)  # claims alice's key, holds mallory's
+    pair = Pair(alice, hello("bob"), admit=consulted.append, sign_a=key_of("mallory").sign)
+    fault = refused(pair)
+    assert fault.reason == PROOF and fault.reply
+    assert not pair.b.proven and pair.b.remote is None and consulted == [], "the node-level check never ran"
+    assert cost_of(fault.reason, fault.kind, proven=pair.b.proven) is Cost.DROP
+    assert pair.kinds() == [("a", Hello), ("b", Hello), ("a", HelloProof)], "the listener never proved itself"
+
+
+def test_a_proof_from_another_session_is_refused():
+    alice_key = key_of("alice")
+    first = Pair(hello("alice"), hello("bob"))
+    first.pump(0.1)
+    alice_hello, alice_proof = [m for side, m in first.wire if side == "a"]
+    # Mallory replays alice's hello and proof, byte for byte, on a new connection to bob:
+    # bob's nonce is fresh, so the old signature covers the wrong statement.
+    listener = PeerProtocol(hello("bob"), inbound=True, now=1.0, sign=key_of("bob").sign)
+    assert listener.receive(alice_hello, 1.0) == [Send(listener.local)]
     with pytest.raises(ProtocolViolation) as info:
-        pair.pump(0.1)
-    assert info.value.reason == "bad-version" and info.value.cost is Cost.DROP
+        listener.receive(alice_proof, 1.0)
+    assert info.value.reason == PROOF and not listener.proven and alice_hello.node_key == alice_key.public_key
+    # Nor does bob's own proof of the first session, reflected back as a dialler's (the role differs).
+    bob_proof = [m for side, m in first.wire if side == "b"][1]
+    again = PeerProtocol(hello("bob"), inbound=True, now=2.0, sign=key_of("bob").sign)
+    again.receive(hello("mallory", key=first.b.local.node_key, nonce=first.b.local.nonce), 2.0)
+    with pytest.raises(ProtocolViolation) as info:
+        again.receive(bob_proof, 2.0)
+    assert info.value.reason == PROOF and not again.found_self
 
 
-def test_self_connection_is_refused_and_the_dialler_learns_why():
+def test_anything_but_the_proof_after_the_hellos_is_a_failed_proof():
+    pair = Pair(hello("alice"), hello("bob"))
+    pair.a.receive = lambda message, now: []  # the dialler's side says nothing more itself
+    pair.pump(0.1)
+    with pytest.raises(ProtocolViolation) as info:
+        pair.b.receive(Tip(height=1, tip=GENESIS, work=5), 0.2)
+    assert info.value.reason == PROOF and cost_of(info.value.reason, LINK, proven=False) is Cost.DROP
+
+
+def test_an_echo_of_our_own_hello_is_refused_not_taken_for_ourselves():
     me = hello("me")
-    pair = Pair(me, me)
-    with pytest.raises(ProtocolViolation) as refused:
-        pair.pump(0.1)
-    assert refused.value.reason == "self" and refused.value.cost is Cost.DROP
-    # The listener answers with a reject carrying the reason; the dialler sees it as the
-    # other side's refusal: same reason (so it stops redialling), never answered, never a ban.
+    dialler = PeerProtocol(me, inbound=False, now=0.0, sign=key_of("me").sign)
+    assert dialler.start() == [Send(me)]
+    with pytest.raises(ProtocolViolation) as info:
+        dialler.receive(me, 0.1)  # the listener echoed our hello back, nonce and all
+    assert info.value.reason == "echo" and info.value.cost is Cost.DROP
+    assert not dialler.found_self and not dialler.proven
+
+
+def test_our_key_with_a_fresh_nonce_but_no_proof_is_not_ourselves():
+    me = hello("me")
+    dialler = PeerProtocol(me, inbound=False, now=0.0, sign=key_of("me").sign)
+    dialler.start()
+    (ours,) = dialler.receive(hello("impostor", key=me.node_key), 0.1)  # our key, a nonce of its own
+    assert isinstance(ours.message, HelloProof)
+    # It reflects our own proof (signed as the dialler), or signs with its own key: neither verifies.
+    for answer in (ours.message, HelloProof(key_of("impostor").sign(b"anything"))):
+        attempt = PeerProtocol(me, inbound=False, now=0.0, sign=key_of("me").sign)
+        attempt.start()
+        attempt.receive(hello("impostor", key=me.node_key), 0.1)
+        with pytest.raises(ProtocolViolation) as info:
+            attempt.receive(answer, 0.2)
+        assert info.value.reason == PROOF and not attempt.found_self
+    with pytest.raises(ProtocolViolation) as info:
+        dialler.receive(Reject(code="self", detail="trust me"), 0.2)
+    assert info.value.kind == REJECTED and not dialler.found_self, "a refusal saying self decides nothing"
+
+
+def test_a_real_self_connection_is_proven_on_both_sides():
+    me_out, me_in = hello("me"), hello("me")  # one node: one key, a nonce per connection
+    pair = Pair(me_out, me_in)
+    fault = refused(pair)
+    assert fault.reason == "self" and fault.kind == LINK and fault.reply and fault.cost is Cost.DROP
+    assert pair.a.found_self and pair.b.found_self
+    assert pair.kinds() == [("a", Hello), ("b", Hello), ("a", HelloProof), ("b", HelloProof)]
+    assert pair.events == {"a": [], "b": []}, "neither side is ready with itself"
     with pytest.raises(ProtocolViolation) as told:
-        pair.a.receive(Reject(code=refused.value.reason, detail=refused.value.detail), 0.2)
-    assert told.value.reason == "self" and told.value.kind == REJECTED
-    assert not told.value.reply and told.value.cost is Cost.DROP
+        pair.b.receive(Reject(code=fault.reason, detail=fault.detail), 0.2)
+    assert told.value.reason == "self" and told.value.kind == REJECTED and not told.value.reply
 
 
-def test_node_level_refusal_happens_before_the_listener_says_hello():
+def test_only_members_may_be_peers_and_only_after_their_proof():
+    members = frozenset({key_of("alice").public_key, key_of("bob").public_key})
+    ok = Pair(hello("alice"), hello("bob"), members=members)
+    ok.pump(0.1)
+    assert ok.a.state == ok.b.state == "ready"
+    outsider = Pair(hello("carol"), hello("bob"), members=members)
+    fault = refused(outsider)
+    assert fault.reason == "not-a-member" and outsider.b.proven and fault.cost is Cost.DROP
+    # A dialler refuses a listener that is not a member too, after the listener's proof.
+    dialled = Pair(hello("alice"), hello("carol"), members=members)
+    dialled.b.members = None  # carol takes anybody
+    fault = refused(dialled)
+    assert fault.reason == "not-a-member" and dialled.a.proven and dialled.a.state == "handshake"
+    # A non-member claiming a member's key is a failed proof, not a member.
+    claim = Pair(hello("carol", key=key_of("alice").public_key), hello("bob"), members=members,
+                 sign_a=key_of("carol").sign)
+    assert refused(claim).reason == PROOF
+
+
+@pytest.mark.parametrize("reason", ["banned", "duplicate-peer"])
+def test_an_unproven_claim_of_a_banned_or_connected_key_leaves_the_real_holder_alone(reason):
+    alice_key = key_of("alice").public_key
+    consulted: list[bytes] = []
+
+    def admit(remote: Hello) -> None:
+        consulted.append(remote.node_key)
+        if reason == "duplicate-peer":
+            return  # the real alice's second link would be judged here, with her proof in
+        raise ProtocolViolation("banned", "node is banned")
+
+    impostor = Pair(hello("mallory", key=alice_key), hello("bob"), admit=admit, sign_a=key_of("mallory").sign)
+    fault = refused(impostor)
+    assert fault.reason == PROOF and consulted == [], "neither ban nor duplicate rule saw the claim"
+    real = Pair(hello("alice"), hello("bob"), admit=admit)
+    if reason == "banned":
+        assert refused(real).reason == "banned"
+    else:
+        real.pump(0.1)
+        assert real.b.state == "ready"
+    assert consulted == [alice_key]
+
+
+def test_node_level_refusal_happens_after_the_proof_and_before_the_listener_proves_itself():
     def banned(remote: Hello) -> None:
         raise ProtocolViolation("banned", "node is banned")
 
     pair = Pair(hello("alice"), hello("bob"), admit=banned)
-    with pytest.raises(ProtocolViolation, match="banned"):
-        pair.pump(0.1)
-    assert [s for s, _ in pair.wire] == ["a"]
+    fault = refused(pair)
+    assert fault.reason == "banned" and pair.b.proven
+    assert pair.kinds() == [("a", Hello), ("b", Hello), ("a", HelloProof)]
+    assert pair.a.state == "handshake", "the dialler is never ready before the listener accepts it"
+
+
+def test_the_proof_statement_refuses_malformed_parts():
+    good = dict(genesis=GENESIS, role=handshake.DIALLER, signer_key=bytes(32), other_key=bytes(32),
+                signer_nonce=bytes(32), other_nonce=bytes(32))
+    assert len(handshake.proof_statement(**good, binding=b"\x07" * 32)) == 186 + 32
+    for change in ({"role": 3}, {"signer_nonce": bytes(31)}, {"binding": bytes(65)}):
+        with pytest.raises(ValueError):
+            handshake.proof_statement(**{**good, **change})
+    assert not handshake.verify_proof(bytes(64), **{**good, "role": 3})
 
 
 def test_first_message_other_than_hello_is_a_breach():
-    listener = PeerProtocol(hello("bob"), inbound=True, now=0.0)
+    listener = PeerProtocol(hello("bob"), inbound=True, now=0.0, sign=key_of("bob").sign)
     with pytest.raises(ProtocolViolation) as info:
         listener.receive(Ping(nonce=1), 0.1)
     assert info.value.reason == "no-hello" and info.value.cost is Cost.BAN
+    assert cost_of("no-hello", LINK, proven=listener.proven) is Cost.DROP, "but no key to ban: dropped"
 
 
-def test_silence_before_hello_is_a_handshake_timeout():
-    listener = PeerProtocol(hello("bob"), inbound=True, now=100.0)
+def test_silence_before_the_handshake_ends_is_a_handshake_timeout():
+    listener = PeerProtocol(hello("bob"), inbound=True, now=100.0, sign=key_of("bob").sign)
     assert listener.deadline() == 100.0 + protocol.HANDSHAKE_TIMEOUT_S
     assert listener.tick(100.0 + protocol.HANDSHAKE_TIMEOUT_S - 0.01) == []
+    listener.receive(hello("alice"), 101.0)  # a hello, then no proof: the same clock runs on
+    assert listener.deadline() == 100.0 + protocol.HANDSHAKE_TIMEOUT_S
     with pytest.raises(ProtocolViolation) as info:
         listener.tick(100.0 + protocol.HANDSHAKE_TIMEOUT_S)
     assert info.value.reason == "handshake-timeout" and info.value.cost is Cost.DROP
@@ -165,6 +341,24 @@ def test_pings_are_answered_and_gossip_messages_delivered():
     assert pair.events["a"] == [], "a pong means nothing to gossip"
 
 
+def test_votes_evidence_and_certificates_are_delivered_only_on_a_ready_link():
+    from gridchain.consensus.finality import Certificate, Checkpoint, Evidence, Vote
+    from gridchain.net.messages import CertificatesMessage, EvidenceMessage, VoteMessage
+    one = Vote(b"\x01" * 32, Checkpoint(0, GENESIS), Checkpoint(1, b"\x02" * 32), b"\x03" * 64)
+    two = Vote(b"\x01" * 32, Checkpoint(0, GENESIS), Checkpoint(1, b"\x04" * 32), b"\x05" * 64)
+    messages = (VoteMessage(one), EvidenceMessage(Evidence.of(one, two)),
+                CertificatesMessage((Certificate(one.source, one.target, ((one.voter, one.signature),)),)))
+    pair = ready_pair()
+    for message in messages:
+        pair.send("a", message)
+    pair.pump(1.0)
+    assert pair.events["b"] == [Deliver(m) for m in messages]
+    fresh = Pair(hello("alice"), hello("bob"), now=0.0)
+    with pytest.raises(ProtocolViolation) as info:
+        fresh.b.receive(messages[0], 0.1)  # before any hello: not a handshake message
+    assert info.value.reason == "no-hello"
+
+
 def test_a_second_hello_on_a_ready_link_is_a_breach():
     link = ready_pair().b
     assert link.receive(Pong(nonce=1), 1.0) == []  # an unasked-for pong is harmless
@@ -186,15 +380,70 @@ def test_keepalive_pings_after_silence_and_a_pong_keeps_the_link():
     assert pair.a.state == "ready"
 
 
-def test_no_frame_for_the_idle_timeout_closes_the_link():
+def test_an_unanswered_ping_makes_the_link_stale_then_closes_it_as_a_ping_timeout():
     pair = ready_pair(now=0.0)
-    pair.tick("a", protocol.PING_INTERVAL_S)
-    pair.tick("a", 2 * protocol.PING_INTERVAL_S)  # the peer answers nothing
-    assert [m for _, m in pair.wire] == [Ping(nonce=1), Ping(nonce=2)]
-    assert pair.a.deadline() == min(protocol.IDLE_TIMEOUT_S, 3 * protocol.PING_INTERVAL_S)
+    ping_at = protocol.PING_INTERVAL_S
+    pair.tick("a", ping_at)  # the ping goes out; the link is cut: nothing comes back
+    assert pair.wire == [("a", Ping(nonce=1))]
+    assert pair.a.link_state(ping_at + protocol.PONG_STALE_S - 0.01) == "ready"
+    assert pair.a.link_state(ping_at + protocol.PONG_STALE_S) == "stale"
+    assert pair.a.deadline() == ping_at + protocol.PONG_TIMEOUT_S
+    pair.tick("a", ping_at + protocol.PONG_TIMEOUT_S - 0.01)
+    assert len(pair.wire) == 1, "one ping at a time: no second ping while the first is unanswered"
     with pytest.raises(ProtocolViolation) as info:
+        pair.tick("a", ping_at + protocol.PONG_TIMEOUT_S)
+    assert info.value.reason == "ping-timeout" and info.value.cost is Cost.DROP
+    # A dead link is found within seconds of going quiet, long before the 45 s idle timeout.
+    assert protocol.PING_INTERVAL_S + protocol.PONG_TIMEOUT_S <= 5.0 < protocol.IDLE_TIMEOUT_S
+
+
+def test_a_late_pong_makes_a_stale_link_ready_again():
+    pair = ready_pair(now=0.0)
+    ping_at = protocol.PING_INTERVAL_S
+    pair.tick("a", ping_at)
+    late = ping_at + protocol.PONG_STALE_S + 0.5
+    assert pair.a.link_state(late) == "stale"
+    pair.pump(late)  # the pong arrives before the timeout
+    assert pair.wire[-1] == ("b", Pong(nonce=1))
+    assert pair.a.link_state(late) == "ready"
+    assert pair.a.deadline() == late + protocol.PING_INTERVAL_S  # the next ping after a quiet second
+    pair.tick("a", ping_at + protocol.PONG_TIMEOUT_S + 0.5)  # would have timed out without the pong
+    assert pair.a.state == "ready"
+
+
+def test_any_frame_after_the_ping_counts_as_an_answer():
+    pair = ready_pair(now=0.0)
+    ping_at = protocol.PING_INTERVAL_S
+    pair.tick("a", ping_at)
+    # No pong yet (it may be queued behind other frames), but a frame from b: the link is alive.
+    tip = Tip(height=5, tip=b"\x05" * 32, work=9)
+    assert pair.a.receive(tip, ping_at + 2.0) == [Deliver(tip)]
+    assert pair.a.link_state(ping_at + 2.5) == "ready"
+    assert pair.a.deadline() == ping_at + 2.0 + protocol.PONG_TIMEOUT_S
+    with pytest.raises(ProtocolViolation) as info:
+        pair.tick("a", ping_at + 2.0 + protocol.PONG_TIMEOUT_S)
+    assert info.value.reason == "ping-timeout"
+
+
+def test_bytes_of_a_large_frame_keep_the_link_but_not_past_the_idle_timeout():
+    pair = ready_pair(now=0.0)
+    pair.tick("a", protocol.PING_INTERVAL_S)  # the pong is queued behind a large frame at b
+    now = protocol.PING_INTERVAL_S
+    while now + 1.0 < protocol.IDLE_TIMEOUT_S:
+        now += 1.0
+        pair.a.heard(now)  # part of the large frame arrived: the link is alive
+        pair.tick("a", now)
+        assert pair.a.link_state(now) == "ready"
+    with pytest.raises(ProtocolViolation) as info:  # but no whole frame for 45 s: a dripped frame
         pair.tick("a", protocol.IDLE_TIMEOUT_S)
     assert info.value.reason == "idle-timeout" and info.value.cost is Cost.DROP
+
+
+def test_pings_wait_for_the_handshake():
+    pair = Pair(hello("alice"), hello("bob"), now=0.0)  # the hellos are never delivered
+    assert pair.a.link_state(protocol.HANDSHAKE_TIMEOUT_S - 0.1) == "handshake"
+    pair.tick("a", protocol.HANDSHAKE_TIMEOUT_S - 0.1)
+    assert [m for _, m in pair.wire if isinstance(m, Ping)] == []
 
 
 # --- sync ----------------------------------------------------------------------------------------
@@ -286,6 +535,19 @@ def test_one_name_costs_by_its_kind():
     assert cost_of("time-too-new", BLOCK) is Cost.KEEP  # clock skew is honest
     assert cost_of("bad-pow", REJECTED) is Cost.DROP  # the peer's complaint about us
     assert cost_of("some-new-close-reason") is Cost.DROP  # nothing is banned by accident
+    # Nothing is held against a key its holder has not proven: a ban becomes a drop.
+    assert cost_of("bad-field", LINK, proven=False) is Cost.DROP
+    assert cost_of("bad-pow", BLOCK, proven=False) is Cost.DROP
+    assert cost_of("bad-field", LINK, proven=True) is Cost.BAN
+    # Finality: a forged or malformed vote from a proven member bans it; a vote for a block
+    # we lack, or a conflict with what we finalized, costs nothing.
+    assert cost_of("bad-vote-signature", FINALITY) is Cost.BAN
+    assert cost_of("not-a-member", FINALITY) is Cost.BAN and cost_of("not-a-member", LINK) is Cost.DROP
+    assert cost_of("short-certificate", FINALITY) is Cost.BAN
+    assert cost_of("unknown-checkpoint", FINALITY) is Cost.KEEP
+    assert cost_of("conflicts-finalized", FINALITY) is Cost.KEEP
+    assert cost_of("conflicts-finalized", BLOCK) is Cost.KEEP  # refused; a restarted member's stale branch
+    assert cost_of("bad-vote-signature", FINALITY, proven=False) is Cost.DROP
 
 
 class _Fields:
@@ -305,3 +567,138 @@ def test_blocks_frame_from_stored_bytes_is_the_encoded_message(count, more):
     raw = [msgpack.packb(f, use_bin_type=True) for f in fields]
     expected = encode_frame(encode_message(Blocks(blocks=tuple(_Fields(f) for f in fields), more=more)))
     assert blocks_frame(raw, more) == expected
+
+
+# --- the send queue and the tip rate limit (gridchain.net.peer, gridchain.net.gossip) -------------
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.closing = False
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def abort(self) -> None:
+        self.closing = True
+
+
+class FakeWriter:
+    """A link that records what the peer's writer puts on it."""
+
+    def __init__(self) -> None:
+        self.transport = FakeTransport()
+        self.written: list[bytes] = []
+
+    def get_extra_info(self, name: str, default=None):
+        return default
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    async def drain(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.transport.closing = True
+
+
+class FakeFrames:
+    buffered = 0
+
+    class reader:  # noqa: N801 - stands in for the StreamReader the write loop wakes
+        @staticmethod
+        def feed_eof() -> None:
+            pass
+
+
+def fake_peer():
+    from gridchain.net.peer import Peer
+    writer = FakeWriter()
+    peer = Peer(FakeFrames(), writer, handler=object(), hello=hello("alice"), inbound=False,
+                address="10.0.0.2:5005", sign=key_of("alice").sign)
+    return peer, writer
+
+
+def tip_frame(height: int) -> bytes:
+    return encode_frame(encode_message(Tip(height=height, tip=bytes([height]) * 32, work=height)))
+
+
+async def test_queued_tips_collapse_to_the_newest_which_still_follows_the_blocks_before_it():
+    peer, writer = fake_peer()
+    block_1, block_2 = b"block-1", b"block-2"  # frames the queue carries as they are
+    peer.send_frame(block_1)
+    peer.send_tip(tip_frame(1))
+    peer.send_tip(tip_frame(2))
+    peer.send_frame(block_2)
+    peer.send_tip(tip_frame(3))
+    peer.close("shutdown")
+    await peer._write_loop()
+    assert writer.written == [block_1, block_2, tip_frame(3)]
+    assert peer._queued_bytes == 0
+
+
+async def test_nothing_is_written_once_the_other_side_has_closed():
+    peer, writer = fake_peer()
+    writer.transport.closing = True  # e.g. a TLS close_notify arrived
+    for height in range(10):
+        peer.send_frame(tip_frame(height))
+    peer.close("peer-closed")
+    await peer._write_loop()
+    assert writer.written == []
+
+
+class TipChain:
+    network, genesis_hash = "test-net", GENESIS
+
+    def tip_info(self):
+        return 0, GENESIS, 10 ** 9  # more work than any tip below: no sync starts
+
+    def locator(self):
+        return [GENESIS]
+
+
+@dataclass
+class TipPeer:
+    listen_address: str = "10.0.0.3:5006"
+    node_key: bytes = b"k" * 32
+    height: int = 0
+    tip: bytes = b""
+    work: int = 0
+
+
+async def test_an_honest_burst_of_tips_is_collapsed_to_its_newest_and_not_called_a_flood():
+    import asyncio
+
+    from structlog.testing import capture_logs
+
+    from gridchain.net import gossip
+    node = gossip.Gossip(chain=TipChain(), node_key=b"n" * 32, sign=key_of("n").sign, name="n")
+    peer = TipPeer()
+    burst = gossip.TIP_BURST + gossip.TIP_HELD_MAX  # what a link stuck for a while could bring at once
+    with capture_logs() as logs:
+        for height in range(1, burst + 1):
+            await node.on_tip(peer, Tip(height=height, tip=bytes([height % 256]) * 32, work=height))
+        assert peer.height == gossip.TIP_BURST  # the rest wait for the bucket
+        await asyncio.sleep(3 / gossip.TIP_RATE_PER_S)
+    assert peer.height == burst, "the newest announcement of the burst counts"
+    assert not [e for e in logs if e["event"] == "peer.rate_limited"]
+
+
+async def test_a_flood_of_tips_is_dropped_unread_and_logged_once():
+    import asyncio
+
+    from structlog.testing import capture_logs
+
+    from gridchain.net import gossip
+    node = gossip.Gossip(chain=TipChain(), node_key=b"n" * 32, sign=key_of("n").sign, name="n")
+    peer = TipPeer()
+    with capture_logs() as logs:
+        for height in range(1, 10_001):
+            await node.on_tip(peer, Tip(height=height, tip=bytes([height % 256]) * 32, work=height))
+        await asyncio.sleep(3 / gossip.TIP_RATE_PER_S)
+    assert peer.height < 10_000 - 100, "a flood's newest announcement is not held for later"
+    assert [e["reason"] for e in logs if e["event"] == "peer.rate_limited"] == ["tip-flood"]
+

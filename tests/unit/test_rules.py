@@ -10,6 +10,7 @@ import pytest
 from gridchain.consensus import pow, rules
 from gridchain.consensus.block import MAX_BLOCK_BYTES, MAX_READINGS_PER_BLOCK, MAX_TEXT_BYTES, Block, Capture
 from gridchain.consensus.chain import Chain
+from gridchain.consensus.finality import Checkpoint, FinalityState
 from gridchain.consensus.genesis import make_genesis
 from gridchain.consensus.params import NetworkParams, RelayInfo
 from gridchain.consensus.provenance import MAX_SEALS_PER_BLOCK, Seal, seal_readings
@@ -459,9 +460,100 @@ def test_a_needless_gap_notice_is_harmless(setup):
     accepts(chain, make_block(chain.tip, capture(start_seq=19, gap=gap_notice("relay-1", 19))))
 
 
+# --- filling a gap the relay signed ------------------------------------------------------------
+
+@pytest.fixture
+def jumped(setup):
+    """seq 1..18, then a relay restart: its notice resumes at 5_000 (5_000..5_005), leaving 19..4_999 open."""
+    chain, _ = setup
+    accepts(chain, make_block(chain.tip, capture(start_seq=5_000, gap=gap_notice("relay-1", 5_000))))
+    assert chain.open_gaps("relay-1") == ((19, 4_999),)
+    return chain
+
+
+def test_a_fill_inside_an_open_gap_is_accepted(jumped):
+    """Readings another branch held below the notice: a block may bring them back."""
+    chain = jumped
+    fill = make_block(chain.tip, capture(start_seq=19))
+    rules.check_context(fill, chain.tip.height, chain.median_time_ms(chain.tip), 5_005,
+                        RELAY_KEY.public_key, ((19, 4_999),))
+    accepts(chain, fill)
+    assert chain.last_seq("relay-1") == 5_005 and chain.open_gaps("relay-1") == ((25, 4_999),)
+    assert chain.newest_reading_ms("relay-1") == chain.main_at(4).newest_ms  # the highest seq's time stays
+    accepts(chain, make_block(chain.tip, capture(start_seq=5_006)))  # the sequence goes on where it was
+    assert chain.open_gaps("relay-1") == ((25, 4_999),)
+
+
+def test_a_fill_splits_its_gap_and_each_part_fills_on_its_own(jumped):
+    chain = jumped
+    accepts(chain, make_block(chain.tip, capture(start_seq=100)))
+    assert chain.open_gaps("relay-1") == ((19, 99), (106, 4_999))
+    accepts(chain, make_block(chain.tip, capture(start_seq=4_994)))  # the top of a range
+    accepts(chain, make_block(chain.tip, sealed("relay-1", [reading(s) for s in range(19, 100)])))  # a whole range
+    assert chain.open_gaps("relay-1") == ((106, 4_993),)
+    assert chain.last_seq("relay-1") == 5_005
+
+
+def test_a_fill_overlapping_readings_the_branch_holds_is_refused(jumped):
+    chain = jumped
+    accepts(chain, make_block(chain.tip, capture(start_seq=100)))  # 100..105 present now
+    rejects(chain, make_block(chain.tip, capture(start_seq=97)), "bad-gap-fill")  # 97..102
+    rejects(chain, make_block(chain.tip, capture(start_seq=15)), "bad-gap-fill")  # 15..18 held, 19..20 open
+    rejects(chain, make_block(chain.tip, sealed("relay-1", [reading(s) for s in range(98, 108)])),
+            "bad-gap-fill")  # spans two ranges across 100..105
+    rejects(chain, make_block(chain.tip, capture(start_seq=4_998)), "bad-gap-fill")  # runs into 5_000, held
+    rejects(chain, make_block(chain.tip, capture(start_seq=100)), "duplicate-reading")  # wholly held
+    assert chain.open_gaps("relay-1") == ((19, 99), (106, 4_999))
+
+
+def test_a_fill_outside_any_open_gap_is_a_duplicate(jumped):
+    chain = jumped
+    rejects(chain, make_block(chain.tip, capture(start_seq=7)), "duplicate-reading")
+    rejects(chain, make_block(chain.tip, capture(start_seq=5_001)), "duplicate-reading")
+    setup_chain = new_chain()  # no gap at all: going back is only ever a duplicate
+    grow(setup_chain, setup_chain.tip, 2, Relay())
+    rejects(setup_chain, make_block(setup_chain.tip, capture(start_seq=3)), "duplicate-reading")
+
+
+def test_a_fill_carries_no_gap_notice(jumped):
+    chain = jumped
+    rejects(chain, make_block(chain.tip, capture(start_seq=19, gap=gap_notice("relay-1", 19))), "bad-gap-fill")
+
+
+def test_a_relays_first_block_at_a_notice_leaves_its_earlier_readings_fillable():
+    """A branch that forks off below a relay's first readings and starts it at the notice."""
+    chain = new_chain()
+    accepts(chain, make_block(chain.tip, capture(start_seq=5_000, gap=gap_notice("relay-1", 5_000))))
+    assert chain.open_gaps("relay-1") == ((1, 4_999),)
+    accepts(chain, make_block(chain.tip, capture(start_seq=1)))
+    assert chain.open_gaps("relay-1") == ((7, 4_999),)
+
+
+def test_open_gaps_are_bounded_and_the_oldest_close_first():
+    gaps: rules.GapRanges = ()
+    last = 0
+    for n in range(rules.MAX_OPEN_GAPS + 2):
+        first = last + 10
+        gaps = rules.gaps_after(gaps, last, first, first)
+        last = first
+    assert len(gaps) == rules.MAX_OPEN_GAPS and gaps[0] == (21, 29) and gaps[-1] == (last - 9, last - 1)
+    same = rules.gaps_after(gaps, last, last + 1, last + 5)
+    assert same is gaps  # a continuation shares the tuple
+    split = rules.gaps_after(gaps, last + 5, 24, 25)
+    assert len(split) == rules.MAX_OPEN_GAPS and split[0] == (26, 29)  # the split's lower part closed
+
+
 def test_other_relay_is_not_a_duplicate(setup):
     chain, _ = setup
     accepts(chain, make_block(chain.tip, capture("relay-2")))
+
+
+def test_a_block_off_the_finalized_branch_conflicts(setup):
+    """Finality's rule, checked by the chain: no block may replace a finalized one."""
+    chain, _ = setup
+    members = NetworkParams("test", BITS, members=frozenset({ALICE.public_key}))
+    chain.finality = FinalityState(members, chain.genesis_hash, finalized=Checkpoint(2, chain.main_at(2).hash))
+    rejects(chain, make_block(chain.main_at(1), capture("relay-2"), signer=BOB), "conflicts-finalized")
 
 
 # --- order ----------------------------------------------------------------------------------

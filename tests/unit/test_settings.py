@@ -71,7 +71,7 @@ def test_precedence_flags_over_env_over_file(tmp_path):
 def test_config_file_from_env_and_empty_env_is_unset(tmp_path):
     toml = tmp_path / "node.toml"
     toml.write_text("port = 6100\n")
-    s = settings([], {"GRIDCHAIN_CONFIG": str(toml), "GRIDCHAIN_PORT": "", "GRIDCHAIN_UNRELATED": "x"})
+    s = settings([], {"GRIDCHAIN_CONFIG": str(toml), "GRIDCHAIN_PORT": "", "GRIDCHAIN_NODE": "x:1"})
     assert s.config.port == 6100
 
 
@@ -150,3 +150,97 @@ def test_bad_relay_flags(capsys, argv, expected):
         load_relay_settings(argv)
     assert exit_info.value.code == 2
     assert expected in capsys.readouterr().err
+
+
+# --- the default config path, unknown variables, list flags ---------------------------------------
+def test_the_default_config_file_is_read_when_no_config_is_named(tmp_path):
+    default = tmp_path / "node.toml"
+    assert load_node_settings([], {}, default_config=default).config.port == 5004  # absent: defaults
+    default.write_text("port = 6200\n")
+    assert load_node_settings([], {}, default_config=default).config.port == 6200
+    named = tmp_path / "other.toml"
+    named.write_text("port = 6300\n")
+    assert load_node_settings(["--config", str(named)], {}, default_config=default).config.port == 6300
+    assert load_node_settings([], {"GRIDCHAIN_CONFIG": str(named)}, default_config=default).config.port == 6300
+    assert load_node_settings(["--port", "6400"], {}, default_config=default).config.port == 6400
+
+
+def test_a_typo_in_the_default_config_file_names_it(tmp_path, capsys):
+    default = tmp_path / "node.toml"
+    default.write_text("prot = 6200\n")
+    with pytest.raises(SystemExit):
+        load_node_settings([], {}, default_config=default)
+    assert capsys.readouterr().err.strip() == f"gridchaind: error: {default}: unknown setting 'prot' (did you mean 'port'?)"
+
+
+def test_unknown_gridchain_variables_are_refused_by_name(capsys):
+    assert error_of(capsys, [], {"GRIDCHAIN_PEER": "a:1"}) == \
+        "gridchaind: error: unknown environment variable GRIDCHAIN_PEER (did you mean GRIDCHAIN_PEERS?); " \
+        "gridchaind reads GRIDCHAIN_<SETTING> for the settings in --help"
+    err = error_of(capsys, [], {"GRIDCHAIN_ZZZ": "1", "GRIDCHAIN_DIFICULTY": "8"})
+    assert "unknown environment variables GRIDCHAIN_DIFICULTY (did you mean GRIDCHAIN_DIFFICULTY?), GRIDCHAIN_ZZZ" in err
+    # What other gridchain programs read is not a node's typo: the client's node, the tests' seeds.
+    s = settings([], {"GRIDCHAIN_NODE": "127.0.0.1:5004", "GRIDCHAIN_CRASH_SEED": "7", "OTHER": "x"})
+    assert s.config.port == 5004
+
+
+def test_a_list_flag_splits_on_commas_and_a_toml_item_holds_one_address(tmp_path, capsys):
+    s = settings(["--peer", "a:1,b:2", "--peer", "c:3", "--relay", "r:5010, s:5011"])
+    assert s.config.peers == (Address("a", 1), Address("b", 2), Address("c", 3))
+    assert s.config.relays == (Address("r", 5010), Address("s", 5011))
+    toml = tmp_path / "node.toml"
+    toml.write_text('peers = ["a:1,b:2"]\n')
+    assert error_of(capsys, ["--config", str(toml)]) == \
+        f"gridchaind: error: {toml}: peers: 'a:1,b:2' is not one HOST:PORT (one address per list item)"
+    assert "is not one HOST:PORT" in error_of(capsys, ["--peer", "a b:1"])
+
+
+def test_the_example_deploy_config_passes_the_settings_parser(tmp_path):
+    from tests.unit.test_cli import NETWORK
+
+    example = Path(__file__).resolve().parents[2] / "deploy" / "node.toml"
+    net = tmp_path / "network.toml"
+    net.write_text(NETWORK.to_toml())
+    # Every key is read and checked; only the network file's path is swapped for a real file.
+    s = load_node_settings(["--config", str(example), "--network-file", str(net), "--name", "operator"], {},
+                           default_config=None)
+    config = s.config
+    assert (config.host, config.port, config.data_dir) == ("10.0.0.1", 5004, Path("/var/lib/gridchain"))
+    assert len(config.peers) == 3 and config.relays == (Address("10.0.0.21", 5010),)
+    assert (s.log_format, config.min_peers, config.network) == ("json", 1, NETWORK.name)
+    import tomllib
+
+    assert tomllib.loads(example.read_text())["network_file"] == "/etc/gridchain/network.toml"
+
+
+def test_a_relay_on_a_shared_gateway_is_named_by_a_percent_decoded_relay_id(tmp_path):
+    s = settings(["--relay", "gw:5010/Feeder%207", "--relay", "gw:5010/Feeder 8", "--relay", "gw:5011"])
+    assert s.config.relays == (Address("gw", 5010, "Feeder 7"), Address("gw", 5010, "Feeder 8"), Address("gw", 5011))
+    assert [str(r) for r in s.config.relays] == ["gw:5010/Feeder%207", "gw:5010/Feeder%208", "gw:5011"]
+    assert all(Address.parse_relay(str(r)) == r for r in s.config.relays)  # the text parses back
+    # A comma inside an id is %2C: a list item holds one relay, in flags as in the environment.
+    env = {"GRIDCHAIN_RELAYS": "10.0.0.5:5010/Relay%201, 10.0.0.5:5010/Bay%2C%20north"}
+    assert settings([], env).config.relays == (Address("10.0.0.5", 5010, "Relay 1"),
+                                              Address("10.0.0.5", 5010, "Bay, north"))
+    toml = tmp_path / "node.toml"
+    toml.write_text('relays = ["10.0.0.5:5010/Relay%201", "10.0.0.5:5010/Bogot%C3%A1 2", "10.0.0.6:5010"]\n')
+    assert settings(["--config", str(toml)]).config.relays == (
+        Address("10.0.0.5", 5010, "Relay 1"), Address("10.0.0.5", 5010, "Bogotá 2"), Address("10.0.0.6", 5010))
+    assert Address("h", 1) != Address("h", 1, "R") and Address("h", 1).relay_id is None
+
+
+@pytest.mark.parametrize("relay, expected", [
+    ("gw:5010/", "--relay: bad relay address 'gw:5010/': nothing after '/'"),
+    ("gw:5010/%20", "nothing after '/'"),
+    ("gw:5010/%FF", "the relay id is not UTF-8 once percent-decoded"),
+    ("gw:5010/R%0A1", "the relay id holds a control character"),
+    ("gw:5010/" + "r" * 201, "relay id longer than 200 bytes"),
+    ("gw:x/Relay%201", "--relay: bad address 'gw:x': port 'x' is not a number"),
+    ("gw 2:5010/R", "is not one HOST:PORT[/RELAY_ID]"),
+])
+def test_a_bad_relay_address_gives_one_line(capsys, relay, expected):
+    assert expected in error_of(capsys, ["--relay", relay])
+
+
+def test_a_peer_is_never_a_relay_address(capsys):
+    assert "--peer: bad address 'a:1/R'" in error_of(capsys, ["--peer", "a:1/R"])

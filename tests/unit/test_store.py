@@ -69,10 +69,11 @@ def test_round_trip(store, line):
     assert store.tip_hash() == blocks[-1].hash
     index = list(store.iter_index())
     assert [row[0] for row in index] == [GENESIS.hash] + [b.hash for b in blocks]
-    hash_, header, relay_id, last_seq, newest_ms, relay_key = index[1]
+    hash_, header, relay_id, last_seq, newest_ms, relay_key, first_seq = index[1]
     assert header == blocks[0].header.to_bytes()
-    assert (relay_id, last_seq, newest_ms, relay_key) == ("relay-1", 6, blocks[0].capture.newest_ms,
-                                                          RELAY_KEY.public_key)
+    assert (relay_id, last_seq, newest_ms, relay_key, first_seq) == ("relay-1", 6, blocks[0].capture.newest_ms,
+                                                                     RELAY_KEY.public_key, 1)
+    assert index[2][-1] == 7 and index[0][-1] is None  # genesis holds no reading
     assert store.count_blocks() == 7
     count = store.db.execute("SELECT count(*) FROM readings").fetchone()[0]
     assert count == sum(len(b.capture.readings) for b in blocks)
@@ -212,6 +213,48 @@ def test_gaps_the_relay_signed_are_listed(store, line):
     assert (gap.after_ms, gap.resume_ms) == (blocks[-1].capture.newest_ms, 9_000_000)
     assert (gap.height, gap.block_hash) == (7, restarted.hash)
     assert gap.as_dict()["missing"] == 63
+
+
+def test_gaps_list_only_what_fills_left_open(store, line):
+    """The notice's hole 37..99, then fills of 37..40 and 60..62: what is left is listed,
+    each hole with its seq range and the times of the readings on either side."""
+    chain, blocks = line
+    commit_line(store, blocks)
+    notice = gap_notice("relay-1", 100, boot_ms=123)
+    restarted = make_block(chain.tip, capture(start_seq=100, start_ms=9_000_000, gap=notice))
+    parent = chain.add(restarted, 10**15).entry
+    store.commit([restarted], [extend(restarted)])
+    fills = []
+    for first, count in ((60, 3), (37, 4)):  # splits the hole, then shrinks its lower part away
+        fill = make_block(parent, capture(start_seq=first, count=count, start_ms=first * 1_000))
+        parent = chain.add(fill, 10**15).entry
+        store.commit([fill], [extend(fill)])
+        fills.append(fill)
+    assert chain.open_gaps("relay-1") == ((41, 59), (63, 99))
+    gaps = store.gaps()
+    assert [(g.first_seq, g.last_seq, g.after_ms, g.resume_ms) for g in gaps] == [
+        (41, 59, fills[1].capture.newest_ms, 60_000), (63, 99, fills[0].capture.newest_ms, 9_000_000)]
+    assert all((g.height, g.block_hash, g.boot_ms) == (7, restarted.hash, 123) for g in gaps)
+    # Filled up completely, the notice leaves nothing to list.
+    for first, count in ((41, 19), (63, 37)):
+        fill = make_block(parent, capture(start_seq=first, count=count, start_ms=first * 1_000))
+        parent = chain.add(fill, 10**15).entry
+        store.commit([fill], [extend(fill)])
+    assert chain.open_gaps("relay-1") == () and store.gaps() == []
+
+
+def test_gaps_below_a_relays_first_notice_count_from_the_lowest_filled_in_reading(store):
+    """A branch that starts the relay at its notice (seq 500) and later fills in 1..6: the
+    hole 7..499 is a loss; nothing below the first reading ever was."""
+    chain = new_chain()
+    first = make_block(chain.tip, capture(start_seq=500, start_ms=5_000_000, gap=gap_notice("relay-1", 500)))
+    entry = chain.add(first, 10**15).entry
+    store.commit([first], [extend(first)])
+    assert store.gaps() == []
+    fill = make_block(entry, capture(start_seq=1))
+    chain.add(fill, 10**15)
+    store.commit([fill], [extend(fill)])
+    assert [(g.first_seq, g.last_seq, g.resume_ms) for g in store.gaps()] == [(7, 499, 5_000_000)]
 
 
 def test_readings_view_is_readable_by_people(store, line):

@@ -19,6 +19,8 @@ MIN_PREFIX = 4  # hex digits of the shortest hash prefix `block` looks up, as gi
 # 12-digit hashes, and no chain will reach 10^11 blocks.
 PREFIX_DIGITS = 12
 CANDIDATES_SHOWN = 5  # an ambiguous prefix's error names this many of the blocks it matches
+# Newest blocks searched for a relay's newest reading when the node's relay row has none.
+NEWEST_SEARCH_BLOCKS = 100
 
 BLOCK_COLUMNS = (
     Column("HEIGHT", 8, lambda r: r["height"], right=True),
@@ -53,11 +55,30 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
 async def status_command(args: argparse.Namespace) -> int:
     async with NodeClient(args.node, args.timeout) as node:
         info = await node.status()
+        if not args.json and any(r.get("relay_id") and r.get("newest_ms") is None for r in info.get("relays", [])):
+            height = int(info.get("height", 0))
+            rows = await node.headers(max(1, height - NEWEST_SEARCH_BLOCKS + 1), height) if height > 0 else []
+            info = with_chain_newest(info, rows)
     if args.json:
         print(dumps(info, pretty=True))
     else:
         print_status(info, sys.stdout)
     return 0
+
+
+def with_chain_newest(info: dict, header_rows: list[dict]) -> dict:
+    """``info`` with each relay row lacking a newest reading given its newest in ``header_rows``.
+
+    A node polls its relay only for readings its chain lacks, so when its peers mined them
+    first its relay row has none; the chain holds them all the same.
+    """
+    newest: dict[str, int] = {}
+    for row in header_rows:
+        if row.get("relay_id") and row.get("newest_ms") is not None:
+            newest[row["relay_id"]] = max(newest.get(row["relay_id"], row["newest_ms"]), row["newest_ms"])
+    relays = [{**r, "newest_ms": newest.get(r.get("relay_id"))} if r.get("newest_ms") is None else r
+              for r in info.get("relays", [])]
+    return {**info, "relays": relays}
 
 
 def print_status(info: dict, out) -> None:
@@ -67,6 +88,7 @@ def print_status(info: dict, out) -> None:
     print(f"network    {info.get('network', '?')}  difficulty {info.get('difficulty', '?')} bits", file=out)
     print(f"chain      height {info.get('height', '?')}  tip {str(info.get('tip', ''))[:12]}  work {info.get('work', '?')}"
           + ("  (syncing)" if info.get("syncing") else ""), file=out)
+    print_finality(info.get("finality"), out)
     print(f"mining     {info.get('mining', '?')}  capture every {info.get('capture_interval_s', '?')} s"
           f"  uptime {duration(float(info.get('uptime_s', 0)))}"
           + (f"  loop lag p99 {lag.get('p99', 0):.1f} ms" if lag else ""), file=out)
@@ -87,6 +109,11 @@ def print_status(info: dict, out) -> None:
                Column("STATE", 0, lambda r: r.get("state", "")),
                Column("NEWEST READING", 0, lambda r: iso_ms(r.get("newest_ms"))),
                Column("LAST ERROR", 0, lambda r: r.get("last_error") or "")), relays, out, indent="  ")
+    alerts = info.get("alerts") or []
+    print(f"alerts ({len(alerts)})", file=out)
+    for alert in alerts:
+        print(f"  {alert.get('severity', '?'):8} {alert.get('name', '?')}  {alert.get('subject', '')}"
+              f"  since {iso_ms(alert.get('since_ms'))}  {alert.get('detail', '')}", file=out)
 
 
 async def blocks_command(args: argparse.Namespace) -> int:
@@ -223,6 +250,26 @@ def print_block(block: Block, height: int, main: bool, out) -> None:
         reading_table(out, indent="  ", with_relay=False).rows(rows)
 
 
+def print_finality(finality: dict | None, out) -> None:
+    """The finality lines of `status`: finalized height and lag, the voter, any evidence."""
+    if not finality:
+        print("finality   none (an open network has no members to vote)", file=out)
+        return
+    vote = finality.get("last_vote")
+    voter = (f"  votes as a member (last {vote['source']}->{vote['target']})" if vote else "  votes as a member") \
+        if finality.get("voter") else "  not a member: follows, does not vote"
+    print(f"finality   finalized {finality.get('finalized_height')} {str(finality.get('finalized_hash', ''))[:12]}"
+          f"  {finality.get('finality_lag')} behind the tip  justified {finality.get('justified_height')}"
+          f"  quorum {finality.get('quorum')} of {finality.get('members')}{voter}", file=out)
+    if finality.get("safety") not in (None, "ok"):
+        print(f"SAFETY     {str(finality['safety']).upper()}: more members misbehaved than finality survives; "
+              "see the member.equivocation and finality.safety_* events", file=out)
+    for row in finality.get("evidence") or ():
+        votes = "  and  ".join(f"{s}->{t} {h[:12]}" for s, t, h in row.get("votes", []))
+        print(f"EVIDENCE   member {row.get('member')} ({str(row.get('member_key', ''))[:16]}) {row.get('kind')}: "
+              f"{votes}", file=out)
+
+
 async def tail_command(args: argparse.Namespace) -> int:
     # Explicit handlers, so Ctrl-C and SIGTERM end the feed cleanly even where a shell
     # started us with SIGINT ignored (a background job).
@@ -245,12 +292,20 @@ async def tail_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _final(row: dict) -> str:
+    """The FINAL column: the finalized height as the block joined, and how far behind it is."""
+    if row.get("finalized") is None:
+        return "-"
+    return f"{row['finalized']} (-{row['height'] - row['finalized']})"
+
+
 async def _follow(node: NodeClient, last_height: int, as_json: bool) -> None:
-    writer = None if as_json else StreamTable((*BLOCK_COLUMNS, Column("", 0, lambda r: r["note"])), sys.stdout)
+    writer = None if as_json else StreamTable((*BLOCK_COLUMNS, Column("FINAL", 10, lambda r: _final(r), right=True),
+                                               Column("", 0, lambda r: r["note"])), sys.stdout)
     async for event in node.subscribe():
         row = {"height": event.height, "hash": event.hash, "miner_name": event.miner_name,
                "relay_id": event.relay_id, "readings": event.readings, "newest_ms": event.newest_ms,
-               "time_ms": event.time_ms, "received_ms": int(time.time() * 1000)}
+               "time_ms": event.time_ms, "received_ms": int(time.time() * 1000), "finalized": event.finalized}
         # Events after a reorg start again below the old tip.
         row["note"] = "reorg" if event.height <= last_height else ""
         last_height = event.height

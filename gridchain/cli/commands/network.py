@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from gridchain.cli.commands.output import Column, dumps, table
+from gridchain.cli.commands.output import Column, dumps, plural, table
 from gridchain.cli.settings import DEFAULT_SUBSTATION
 from gridchain.config import DEFAULT_DIFFICULTY, Address
 from gridchain.identity.key_files import load_or_create_key_file
@@ -174,8 +174,8 @@ def _report(document: NetworkDocument, out: Path, as_json: bool, state: str) -> 
     if as_json:
         print(dumps({"file": str(out), "state": state, **document.as_dict()}, pretty=True))
         return
-    print(f"{out}: {state}: network {document.name!r}, {len(document.members)} member(s), "
-          f"{len(document.relays)} relay(s), network hash {document.network_hash().hex()}")
+    print(f"{out}: {state}: network {document.name!r}, {plural(len(document.members), 'member')}, "
+          f"{plural(len(document.relays), 'relay')}, network hash {document.network_hash().hex()}")
     print(f"every member runs: gridchaind --network-file {out.name} ...")
 
 

@@ -10,10 +10,16 @@ A proof file (JSON, ``gridchain-proof/2``) holds two chains of evidence for one 
   substation, relay key, miner name, every seal, the gap notice) with its path, which binds
   the relay key and the seal to that block.
 
+- **that it is final**: the headers from the block up to a finalized checkpoint and that
+  checkpoint's finality certificate, a quorum of members' signed votes (finality_proof.py),
+  written when the node has finalized the block.
+
 ``--check`` needs nothing but the file and, to know whose keys those are, the network file:
-it names the relay and the member that mined the block, and refuses a relay key or miner the
-network does not list. What it cannot tell offline is whether the block is on the chain:
-compare the hash with any node's ``gridchain block <height>``.
+it names the relay and the member that mined the block, refuses a relay key or miner the
+network does not list, and answers "final: certified by 3 of 4 members (names)" or "not
+final: why". A forged or short certificate fails the check by its reason name. A bundle
+without the finality part proves the reading is in a block, not that the block is on the
+chain: compare the hash with any node's ``gridchain block <height>``.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ import json
 import sys
 from pathlib import Path
 
-from gridchain.api.client import NodeClient
+from gridchain.api.client import NodeClient, RequestFailed
+from gridchain.cli.commands.finality_proof import check_finality, finality_section
 from gridchain.cli.commands.output import dumps, iso_ms, parse_time_ms
 from gridchain.cli.commands.readings import reading_to_dict
 from gridchain.consensus.block import HEADER_SIZE, READING_SIZE, Block, Capture, Header, short_hash
@@ -66,10 +73,18 @@ async def proof_command(args: argparse.Namespace) -> int:
     async with NodeClient(args.node, args.timeout) as node:
         reply = await node.proof(args.relay, timestamp_ms)
         block = (await node.block(hash=reply.hash)).block
+        try:
+            final = await node.finality(since=reply.height)
+        except RequestFailed as exc:
+            if exc.reason != "not-found":
+                raise
+            final = None  # not final yet (or an open network): the bundle says so
     try:
         if block is None:
             raise ValueError(f"the node does not hold the contents of block {reply.hash.hex()}")
         doc = proof_document(reply, block)
+        if final is not None:
+            doc["finality"] = finality_section(final.header, final.certificate, final.headers)
     except (ValueError, ProvenanceError) as exc:
         print(f"gridchain: error: {exc}", file=sys.stderr)
         return 1
@@ -78,8 +93,10 @@ async def proof_command(args: argparse.Namespace) -> int:
         sys.stdout.write(text)
     else:
         args.out.write_text(text)
+        finality = ("final at checkpoint " + str(doc["finality"]["checkpoint"]["height"]) if "finality" in doc
+                    else "NOT final yet: no finality certificate in the bundle")
         print(f"saved the proof of {args.relay} seq {doc['seq']} at {iso_ms(timestamp_ms)} (block {reply.height}, "
-              f"{short_hash(reply.hash)}) to {args.out}", file=sys.stderr)
+              f"{short_hash(reply.hash)}, {finality}) to {args.out}", file=sys.stderr)
     return 0
 
 
@@ -207,13 +224,16 @@ def check_proof(doc: dict, network: NetworkDocument | None = None) -> tuple[list
     if network is not None:
         problems += _against_network(network, header, capture)
         member, relay = network.member(header.miner_key), network.relay(capture.relay_id)
+    final_problems, verdict, final_facts = check_finality(doc, header, None if network is None else network.params())
+    problems += final_problems
     facts = {"relay_id": capture.relay_id, "substation": capture.substation, "relay_key": capture.relay_key.hex(),
              "seq": reading.seq, "timestamp_ms": reading.timestamp_ms, "height": header.height,
              "hash": header.hash().hex(), "bits": header.bits, "miner_key": header.miner_key.hex(),
              "miner_name": miner_name, "seal": {"first_seq": seal.first_seq, "count": seal.count},
              "network": None if network is None else network.name,
              "member": None if member is None else member.name, "relay_known": relay is not None,
-             "reading": reading_to_dict(reading)}
+             "reading": reading_to_dict(reading), "final": verdict.startswith("final:"), "finality": verdict,
+             **final_facts}
     return problems, facts
 
 
@@ -260,6 +280,8 @@ def check_command(path: Path, as_json: bool, network_file: Path | None = None) -
     elif problems:
         for problem in problems:
             print(f"FAILED: {problem}")
+        if facts.get("finality"):
+            print(facts["finality"])
     else:
         _print_ok(facts, network_file)
     return 0 if not problems else 1
@@ -279,4 +301,6 @@ def _print_ok(facts: dict, network_file: Path | None) -> None:
         print(f"    mined by {facts['miner_name']} (key {facts['miner_key'][:16]}) with {facts['bits']} bits of "
               "proof of work")
         print("    the keys were not checked against a network file: add --network-file NET to know whose they are")
-    print(f"    to confirm the block is on the chain: gridchain block {facts['height']}")
+    print(facts["finality"])
+    if not facts["final"]:
+        print(f"    to confirm the block is on the chain: gridchain block {facts['height']}")

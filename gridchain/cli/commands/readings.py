@@ -74,7 +74,8 @@ def reading_table(out, indent: str = "", with_relay: bool = True) -> StreamTable
     """Rows need a ``breaker`` key (BreakerMarks.mark) for the last column."""
     head = [Column("RELAY", 10, lambda r: r["relay_id"])] if with_relay else []
     # Sequence numbers rise by one per reading: a jump in this column is a gap the relay signed.
-    head.append(Column("SEQ", 9, lambda r: r["seq"], right=True))
+    # 16 digits: a gateway numbers readings from its boot time in ms, times 1000.
+    head.append(Column("SEQ", 16, lambda r: r["seq"], right=True))
     head.append(Column("TIME", 24, lambda r: iso_ms(r["timestamp_ms"])))
     tail = [Column("OPENINGS", 8, lambda r: r["openings"], right=True),
             Column("BREAKER", 7, lambda r: r.get("breaker", ""))]
