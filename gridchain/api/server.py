@@ -24,7 +24,7 @@ from gridchain.api.messages import (
     ReadingsReply, ReadingsRequest, Status, StatusRequest, Subscribe, VerifyReply, VerifyRequest, decode_message,
     encode_message,
 )
-from gridchain.api.access import AUTH_OK_TYPE, READ, AccessError, Tokens, auth_token, role_allows
+from gridchain.api.access import ADMIN, AUTH_OK_TYPE, READ, AccessError, Tokens, auth_token, role_allows
 from gridchain.api.messages import REQUEST_TYPES
 from gridchain.consensus.block import Block, Header
 from gridchain.consensus.merkle import payload_leaves, reading_proof
@@ -36,6 +36,9 @@ log = structlog.get_logger()
 
 # Operator connections at once; each is cheap, but a runaway script should not exhaust fds.
 MAX_CLIENTS = 32
+# Admin sessions among them: whatever the holder of the admin token opens, the rest stay
+# free for read sessions, so `gridchain status` is still answered.
+MAX_ADMIN_SESSIONS = MAX_CLIENTS // 2
 # Block events queued for a `tail` client; one that falls this far behind is disconnected.
 SUBSCRIBER_QUEUE = 1000
 MAX_HEADERS_PER_REQUEST = 1000
@@ -126,6 +129,7 @@ class ClientSessions:
         self.status = status
         self.decode = decode  # the node's knows every type its port carries (gridchain.node.port)
         self.sessions: dict[asyncio.Task, asyncio.StreamWriter] = {}
+        self.admin_sessions: set[asyncio.Task] = set()
         self.subscribers: set[asyncio.Queue] = set()
         self.audits = AuditGate(view.audit)
         self.log = log.bind(node=name)
@@ -158,6 +162,11 @@ class ClientSessions:
                 self.log.info("api.refused", client=address, reason=exc.reason)
                 await self._send(writer, Error(reason=exc.reason, detail=exc.detail))
                 return
+            if role == ADMIN:
+                if len(self.admin_sessions) >= MAX_ADMIN_SESSIONS:
+                    await self._send(writer, Error(reason="busy", detail="too many admin sessions"))
+                    return
+                self.admin_sessions.add(task)
             if auth_token(first) is not None:
                 await self._send_raw(writer, [AUTH_OK_TYPE, {"role": role}])
                 first = None
@@ -166,6 +175,7 @@ class ClientSessions:
             pass
         finally:
             self.sessions.pop(task, None)
+            self.admin_sessions.discard(task)
             writer.transport.abort()
 
     def _role(self, first: object, local: bool) -> str:

@@ -46,10 +46,6 @@ class OrphanPool:
         hashes = self._children.get(parent_hash, ())
         return [self._remove(h) for h in list(hashes)]
 
-    def missing_parents(self) -> list[bytes]:
-        """Parents we lack that no orphan supplies: what to ask peers for, oldest first."""
-        return [parent for parent in self._children if parent not in self._blocks]
-
     def _remove(self, block_hash: bytes) -> Block:
         block, size = self._blocks.pop(block_hash)
         self.nbytes -= size

@@ -198,10 +198,11 @@ class _Audit:
         from a bad one would only add noise to the main-chain check)."""
         db, params, chain = self.db, self.params, self.chain
         clean = True
+        top = finality_store.finalized_height(db)
         for role in (FINALIZES, JUSTIFIES):
             for height, block_hash, data in finality_store.iter_certificates(db, role):
                 self.certificates += 1
-                reason = certificate_damage(params, chain, role, height, block_hash, data)
+                reason = certificate_damage(params, chain, role, height, block_hash, data, top)
                 if reason is not None:
                     clean = False
                     self.note(height, block_hash, reason)

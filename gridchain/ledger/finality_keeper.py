@@ -9,7 +9,8 @@ caught (``add_evidence``, whatever became of its votes' blocks; after the certif
 member caught later still signed them while honest), and the state is pruned to the
 finalized height. Before any of it, the newest
 RECHECK_CERTIFICATES finality certificates and every justification certificate kept are
-checked in full (signatures, quorum, the blocks they name in the tree); a stored vote or
+checked in full (signatures, quorum, the blocks they name in the tree: an older finality
+certificate's target may have been pruned, see ``certificate_damage``); a stored vote or
 evidence that does not verify is damage too. The ledger checks, once fork choice ran, that
 the finalized blocks are on the main chain. `gridchain verify` checks every certificate.
 
@@ -122,10 +123,17 @@ def merge_updates(updates: Iterable[FinalityUpdate]) -> FinalityUpdate:
 
 # --- stored certificates ---------------------------------------------------------------------
 def certificate_damage(params: NetworkParams, chain: Chain, role: str, height: int, block_hash: bytes,
-                       data: bytes) -> str | None:
+                       data: bytes, finalized_height: int = 0) -> str | None:
     """Why a stored certificate row is not what it must be, or None: it decodes, is a quorum
     of valid member votes (a finality one links to the next checkpoint), names the block its
-    row names, and both its blocks are in the tree with the source below the target."""
+    row names, and both its blocks are in the tree with the source below the target.
+
+    One exception: the target of a finality certificate older than the newest one
+    (``finalized_height``: the store's newest finalized height) may be gone. That target was
+    only justified; a later checkpoint finalized on another branch from the same source (a
+    link that skips it breaks no slashing condition) prunes it, while the certificate stays
+    the proof that its source is final. Its source must still be in the tree then (and on
+    the main chain, which the callers check once fork choice ran)."""
     what = "finality" if role == FINALIZES else "justification"
     try:
         cert = Certificate.decode(data)
@@ -135,6 +143,10 @@ def certificate_damage(params: NetworkParams, chain: Chain, role: str, height: i
     named = cert.source if role == FINALIZES else cert.target
     if named != Checkpoint(height, block_hash):
         return f"stored {what} certificate is for block {named.hash.hex()[:16]} at {named.height}, not its row's"
+    if role == FINALIZES and cert.target.height <= finalized_height and cert.target.hash not in chain:
+        if chain.ancestor_at(cert.source.hash, cert.source.height) != cert.source.hash:
+            return f"stored {what} certificate is for a block that is not in the stored tree"
+        return None  # its target pruned with its side branch (docstring)
     if chain.ancestor_at(cert.target.hash, cert.source.height) != cert.source.hash:
         return f"stored {what} certificate links blocks that are not one branch of the stored tree"
     return None
@@ -166,8 +178,9 @@ def load_finality(db: sqlite3.Connection, chain: Chain, params: NetworkParams,
     state = FinalityState(params, chain.genesis_hash)
     recheck = RECHECK_CERTIFICATES if recheck is None else recheck
     newest = finality_store.certificate_rows(db, FINALIZES, newest_first=True, limit=max(1, recheck))
+    top = newest[0][0] if newest else 0
     for height, block_hash, data in newest:
-        _raise_if(certificate_damage(params, chain, FINALIZES, height, block_hash, data), block_hash, height)
+        _raise_if(certificate_damage(params, chain, FINALIZES, height, block_hash, data, top), block_hash, height)
     if newest:
         cert = Certificate.decode(newest[0][2])
         height, block_hash = cert.source.height, cert.source.hash

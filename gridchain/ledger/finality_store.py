@@ -11,10 +11,13 @@ Tables (query them with any SQLite tool):
                 member per target height; rows below the finalized height are deleted as
                 it advances
   certificates  ``role`` 'finalizes': the finality certificate of a finalized block (the
-                link from it to the next checkpoint), kept for ever for proofs and notes;
+                link from it to the next checkpoint), kept for ever for proofs and notes,
+                though its target block may be pruned (a later checkpoint finalized on
+                another branch from the same source: the target was only justified);
                 'justifies': the link that justified a block, kept while above the
-                finalized height. ``block_hash``/``height`` name the block finalized or
-                justified; ``cert`` is Certificate.encode()
+                finalized height and while its block is stored (pruned with it).
+                ``block_hash``/``height`` name the block finalized or justified; ``cert``
+                is Certificate.encode()
   evidence      the first proof of equivocation found against each member (Evidence.encode)
   own_vote      this node's newest vote per key of its own (VoterGuard's state), written
                 and synced before the vote is sent
@@ -83,7 +86,10 @@ def write(db: sqlite3.Connection, rows: FinalityWrite) -> None:
     if rows.finalized_height is not None:
         db.execute("DELETE FROM votes WHERE target_height < ?", (rows.finalized_height,))
         db.execute("DELETE FROM certificates WHERE role = ? AND height < ?", (JUSTIFIES, rows.finalized_height))
-    db.executemany("DELETE FROM blocks WHERE hash = ?", [(block_hash,) for block_hash in rows.pruned])
+    pruned = [(block_hash,) for block_hash in rows.pruned]
+    # A justification of a pruned block justifies nothing any more: it goes with its block.
+    db.executemany(f"DELETE FROM certificates WHERE role = '{JUSTIFIES}' AND block_hash = ?", pruned)
+    db.executemany("DELETE FROM blocks WHERE hash = ?", pruned)
 
 
 def record_own_vote(db: sqlite3.Connection, vote: Vote) -> None:
@@ -116,6 +122,12 @@ def certificate_rows(db: sqlite3.Connection, role: str, min_height: int = 0, new
 def iter_certificates(db: sqlite3.Connection, role: str) -> Iterator[tuple[int, bytes, bytes]]:
     """Every (height, block hash, certificate bytes) of one role, lowest first, streamed."""
     yield from db.execute("SELECT height, block_hash, cert FROM certificates WHERE role = ? ORDER BY height", (role,))
+
+
+def finalized_height(db: sqlite3.Connection) -> int:
+    """The height of the newest finalized block the store records (0: genesis only)."""
+    row = db.execute("SELECT max(height) FROM certificates WHERE role = ?", (FINALIZES,)).fetchone()
+    return 0 if row[0] is None else row[0]
 
 
 def certificate_of(db: sqlite3.Connection, role: str, key: int | bytes) -> bytes | None:

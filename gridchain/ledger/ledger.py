@@ -174,10 +174,6 @@ class Ledger:
         """A stored block's bytes (``Block.encode()``), for sending on without decoding."""
         return self.store.get_raw(block_hash)
 
-    def block_at(self, height: int) -> Block | None:
-        entry = self.chain.main_at(height)
-        return None if entry is None else self.store.get_block(entry.hash)
-
     def newest_reading_ms(self, relay_id: str) -> int | None:
         return self.chain.newest_reading_ms(relay_id)
 

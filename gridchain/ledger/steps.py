@@ -21,6 +21,9 @@ T = TypeVar("T")
 # The longest the event loop waits on such work at a time: well under the 50 ms a reorg of
 # any depth may hold it, with room for the rest of that turn of the loop.
 SLICE_S = 0.02
+# The pause between slices is a timer, not sleep(0): a task that I/O or a timer woke during a
+# slice then runs before the next slice, not after it (sleep(0) would let the work go first).
+PAUSE_S = 0.001
 
 
 class Steps(Generic[T]):
@@ -60,7 +63,7 @@ class Steps(Generic[T]):
         try:
             while not self.run_until(time.perf_counter() + slice_s):
                 self.slices += 1
-                await asyncio.sleep(0)
+                await asyncio.sleep(PAUSE_S)
         finally:
             if not self.done:
                 self._steps.close()  # cancelled: the generator undoes what it did

@@ -56,7 +56,7 @@ MAX_PAGE = 10_000  # readings per page: a few MB per answer at most
 INDEX_FETCH = 2_000  # rows per fetch while streaming the block index
 # A step of ``commit_steps``: this many readings rows written (a few ms), so a deep reorg's
 # rewrite of the main table can be spread over many turns of the event loop.
-COMMIT_STEP_ROWS = 2_000
+COMMIT_STEP_ROWS = 500
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS blocks (

@@ -93,10 +93,9 @@ class ChainView(Protocol):
     # Main-chain blocks after the locator's fork as (hash, stored bytes), and whether more follow.
     def blocks_for_locator(self, locator: list[bytes], limit: int) -> tuple[list[tuple[bytes, bytes]], bool]: ...
     def height_of(self, block_hash: bytes) -> int: ...  # of a block in the tree
-    # A sync batch: its context-free checks start in threads now (a handle for receive_blocks, or None).
+    # Start a sync batch's checks in threads now: a handle (with cancel()) for receive_blocks, or None.
     def check_ahead(self, blocks: list[Block]) -> object | None: ...
-    # ``raws``: the blocks' wire bytes, in order (stored as they are, not encoded again);
-    # ``checks``: what check_ahead started for exactly these blocks.
+    # ``raws``: the blocks' wire bytes, stored as they are; ``checks``: check_ahead's for these blocks.
     async def receive_blocks(self, blocks: list[Block], peer: str, via_sync: bool,
                              raws: list[bytes] | None = None, checks: object | None = None) -> ReceiveResult: ...
 
@@ -152,7 +151,7 @@ class Gossip:
         self.connections: set[Peer] = set()  # every live connection, handshaking or ready
         self.banned: dict[str, float] = {}  # node key hex or listen address -> monotonic expiry
         self.sync = sync_rules.SyncState()
-        self._held: tuple[Peer, Blocks, object | None] | None = None  # a sync answer being checked, stored next
+        self._aside: tuple[Peer, Blocks, object | None] | None = None  # a sync answer being checked, stored next
         self._tip_buckets: dict[int, _TipBucket] = {}
         self._answer_budgets: dict[int, AnswerBudget] = {}  # get_blocks answers, per link
         self._peer_changed = asyncio.Event()
@@ -362,8 +361,8 @@ class Gossip:
                           claimed_key=peer.claimed_key.hex()[:16], proven=peer.protocol.proven)
         self._tip_buckets.pop(id(peer), None)
         self._answer_budgets.pop(id(peer), None)
-        if self._held is not None and self._held[0] is peer:
-            self._drop_held()
+        if self._aside is not None and self._aside[0] is peer:
+            self._drop_aside()
         if self.sync.peer_gone(peer):
             self._sync_from_best()
 
@@ -469,25 +468,24 @@ class Gossip:
             peer.known.add(block.hash)
         # With more on the way, this answer's checks start in the threads now and it waits
         # its turn, while the answer before it (kept aside, checked meanwhile) is stored.
-        held = self._held
-        self._held = None
+        aside, self._aside = self._aside, None
         if ahead is not None:
-            self._held = (peer, message, self.chain.check_ahead(list(message.blocks)))
-        if held is not None:
-            if held[0] is peer:
-                await self._store_answer(peer, held[1], held[2])
+            self._aside = (peer, message, self.chain.check_ahead(list(message.blocks)))
+        if aside is not None:
+            if aside[0] is peer:
+                await self._store_answer(*aside)
             else:
-                _cancel(held[2])  # kept from another peer's round: nothing to store it for
+                _cancel(aside[2])  # kept from another peer's round: nothing to store it for
             if not self.sync.waiting(peer, message):
-                self._drop_held()  # the round ended, or the answer before broke a rule
+                self._drop_aside()  # the round ended, or the answer before broke a rule
                 return
         if ahead is None:
             await self._store_answer(peer, message, None)
 
-    def _drop_held(self) -> None:
-        held, self._held = self._held, None
-        if held is not None:
-            _cancel(held[2])
+    def _drop_aside(self) -> None:
+        aside, self._aside = self._aside, None
+        if aside is not None:
+            _cancel(aside[2])
 
     async def _store_answer(self, peer: Peer, message: Blocks, checks: object | None) -> None:
         """Hand one sync answer's blocks to the chain, then ask for more or end the round."""
@@ -499,9 +497,12 @@ class Gossip:
         if len(blocks) != len(message.blocks):
             _cancel(checks)  # started for the whole answer; the ledger checks the rest itself
             checks = None
+        brought, orphaned = 0, False  # blocks that joined our tree; the answer only fed the orphan pool
         if blocks:
             result = await self.chain.receive_blocks(blocks, peer.listen_address, via_sync=True, raws=raws,
                                                      checks=checks)
+            brought = len(result.accepted)
+            orphaned = not brought and result.missing_parent
             if result.invalid is not None:
                 self.sync.cancel_ahead(message)  # what follows a refused block cannot link: not wanted
             self._judge(result)
@@ -515,8 +516,10 @@ class Gossip:
             # After the blocks: its checkpoint must be in the tree to be adopted.
             self.finality.receive_certificates(peer, (message.certificate,))
         height, _, work = self.chain.tip_info()
-        request = self.sync.answer_handled(peer.node_key, message, len(blocks), peer.work, work,
-                                           self.chain.locator(), time.monotonic())
+        # An answer that only adds orphans is empty: a peer claiming great work could otherwise
+        # hold our one sync round for ever with the same parentless block (gridchain.net.sync).
+        request = self.sync.answer_handled(peer.node_key, message, brought, peer.work, work,
+                                           self.chain.locator(), time.monotonic(), orphaned=orphaned)
         if request is not None:
             peer.send(request)
         elif self.sync.peer is None:
@@ -610,6 +613,5 @@ class Gossip:
 
 def _cancel(checks: object | None) -> None:
     """Stop checks that check_ahead started, for blocks that will not be stored after all."""
-    cancel = getattr(checks, "cancel", None)
-    if cancel is not None:
-        cancel()
+    if checks is not None:
+        checks.cancel()

@@ -152,7 +152,7 @@ class PeerProtocol:
     # --- the clock -----------------------------------------------------------------------
     def deadline(self) -> float:
         """When ``tick`` must run next at the latest (a timeout or a ping falls due)."""
-        idle = self._last_frame_at + IDLE_TIMEOUT_S
+        idle = self._idle_at()
         if self.state == "handshake":
             return min(idle, self._started_at + HANDSHAKE_TIMEOUT_S)
         if self._ping_sent_at is None:
@@ -163,19 +163,21 @@ class PeerProtocol:
         """A ping when the link has been silent long enough; raises when it has been silent too long."""
         if self.state == "handshake" and now >= self._started_at + HANDSHAKE_TIMEOUT_S:
             raise ProtocolViolation("handshake-timeout", f"handshake unfinished after {HANDSHAKE_TIMEOUT_S}s")
-        if now >= self._last_frame_at + IDLE_TIMEOUT_S:
-            raise ProtocolViolation("idle-timeout", f"no whole frame for {IDLE_TIMEOUT_S}s")
-        if self.state != "ready":
-            return []
-        if self._ping_sent_at is not None:
-            if now >= self._waiting_since() + PONG_TIMEOUT_S:
+        idle = now >= self._idle_at()
+        if self.state != "ready" or self._ping_sent_at is not None:
+            if idle:
+                raise ProtocolViolation("idle-timeout", f"no whole frame for {IDLE_TIMEOUT_S}s")
+            if self._ping_sent_at is not None and now >= self._waiting_since() + PONG_TIMEOUT_S:
                 raise ProtocolViolation("ping-timeout", f"ping {self._nonce} unanswered for {PONG_TIMEOUT_S}s: "
                                         f"the link is dead")
             return []
         if now >= self._heard_at + PING_INTERVAL_S:
+            # Due even when the idle timeout is too: a quiet ready link gets one ping's chance.
             self._ping_sent_at = now
             self._nonce += 1
             return [Send(Ping(nonce=self._nonce))]
+        if idle:  # bytes keep coming but no whole frame: a frame dripped a byte at a time
+            raise ProtocolViolation("idle-timeout", f"no whole frame for {IDLE_TIMEOUT_S}s")
         return []
 
     def heard(self, now: float) -> None:
@@ -188,6 +190,11 @@ class PeerProtocol:
                 and now >= self._waiting_since() + PONG_STALE_S:
             return "stale"
         return self.state
+
+    def _idle_at(self) -> float:
+        """When the idle timeout falls due: a ping sent just before gets PONG_STALE_S to be answered."""
+        at = self._last_frame_at + IDLE_TIMEOUT_S
+        return at if self._ping_sent_at is None else max(at, self._ping_sent_at + PONG_STALE_S)
 
     def _waiting_since(self) -> float:
         """Since when an answer to the ping is awaited: the ping, or anything heard after it."""

@@ -120,15 +120,17 @@ class SyncState:
             self._after = dropped[2]  # back to where the dropped answer moved on from
 
     def answer_handled(self, peer_key: bytes, message: Blocks, brought: int, peer_work: int,
-                       our_work: int, locator: Sequence[bytes], now: float) -> GetBlocks | None:
-        """After the answer's ``brought`` new blocks went to the chain: the next request, or
-        None: done (``peer`` is None then) or an answer after this one is due or here already."""
+                       our_work: int, locator: Sequence[bytes], now: float, orphaned: bool = False) -> GetBlocks | None:
+        """After the answer's ``brought`` new blocks joined our tree: the next request, or
+        None: done (``peer`` is None then) or an answer after this one is due or here already.
+        ``orphaned``: its blocks only went to the orphan pool, which counts as empty even when
+        it "advanced" (parentless blocks of ever greater heights cost a liar nothing)."""
         advanced = False
         if self._arrived and self._arrived[0][0] is message:
             advanced = self._arrived.popleft()[1]
         if brought:
             self._empty_answers.pop(peer_key, None)
-        elif not (advanced and message.more):
+        elif orphaned or not (advanced and message.more):
             # Walking up a side branch we already hold (advanced, more to come) is progress;
             # anything else that brings no new block counts, across rounds too, so a peer
             # that ends each round with a known block cannot restart us for ever.

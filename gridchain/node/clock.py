@@ -63,7 +63,8 @@ class ClockWatch:
         for miner in [m for m, (at, _) in self._refused.items() if now - at > EVIDENCE_S]:
             del self._refused[miner]
         if len(self._refused) >= MINERS_FOR_EVIDENCE:
-            return ClockOff(-round(statistics.median(a for _, a in self._refused.values())), "peers")
+            # The least "ahead": a miner whose own clock is fast looks further ahead still.
+            return ClockOff(-min(a for _, a in self._refused.values()), "peers")
         skews = self._relay_skews
         if skews and (all(s > RELAY_SKEW_MS for s in skews) or all(s < -RELAY_SKEW_MS for s in skews)):
             return ClockOff(-round(statistics.median(skews)), "relays")

@@ -174,7 +174,7 @@ async def test_relay_down_then_caught_up_without_a_gap(tmp_path, backlog_s):
             await wait_until(lambda: running.height >= 3, 10, what="a few blocks")
             await relay.stop()
             watch = running.node.watches[0]
-            await wait_until(lambda: watch.client.failures >= 8, 10, what="a long outage")  # ~2 s of retries
+            await wait_until(lambda: watch.client.failures >= 5, 10, what="a long outage")  # ~2 s of doubling retries
             assert relay_events(logs, "relay.unreachable") and not relay_events(logs, "relay.restored")
             relay.clock_offset_s = 0.0
             newest = relay.newest_seq

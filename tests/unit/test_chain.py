@@ -425,16 +425,14 @@ def orphan_blocks(count: int):
     return blocks
 
 
-def test_orphan_pool_children_and_missing_parents():
+def test_orphan_pool_children():
     blocks = orphan_blocks(4)
     pool = OrphanPool()
     assert pool.add(blocks[1], 100) and pool.add(blocks[2], 100) and pool.add(blocks[3], 100)
     assert not pool.add(blocks[1], 100)
     assert len(pool) == 3 and pool.has(blocks[2].hash) and blocks[2].hash in pool and pool.nbytes == 300
-    assert pool.missing_parents() == [blocks[0].hash]
     assert pool.pop_children(blocks[0].hash) == [blocks[1]]
     assert pool.pop_children(blocks[0].hash) == []
-    assert pool.missing_parents() == [blocks[1].hash]
     assert pool.pop_children(blocks[1].hash) == [blocks[2]] and len(pool) == 1 and pool.nbytes == 100
 
 
@@ -459,4 +457,4 @@ def test_orphan_pool_siblings():
     pool = OrphanPool()
     pool.add(a, 10)
     pool.add(b, 10)
-    assert pool.pop_children(parent.hash) == [a, b] and len(pool) == 0 and pool.missing_parents() == []
+    assert pool.pop_children(parent.hash) == [a, b] and len(pool) == 0

@@ -12,10 +12,13 @@ def test_blocks_of_two_miners_refused_as_too_new_say_our_clock_is_behind_once():
     watch.refused(b"miner-a", BEHIND_MS + 120, now=10.0)
     assert watch.update(10.0) is None, "one miner's fast clock is its own problem"
     watch.refused(b"miner-b", BEHIND_MS - 80, now=11.0)
-    assert watch.update(11.0) == ClockOff(-BEHIND_MS - 20, "peers")
+    assert watch.update(11.0) == ClockOff(-BEHIND_MS + 80, "peers")
     watch.refused(b"miner-a", BEHIND_MS + 500, now=12.0)
     assert watch.update(12.0) is None, "said once, not on every refusal"
-    assert watch.status() == {"state": "off", "offset_ms": -BEHIND_MS - 210, "source": "peers"}
+    assert watch.status() == {"state": "off", "offset_ms": -BEHIND_MS + 80, "source": "peers"}
+    watch.refused(b"miner-c", 2 * BEHIND_MS, now=12.0)  # a miner with a fast clock of its own
+    watch.update(12.0)
+    assert watch.status()["offset_ms"] == -BEHIND_MS + 80, "the least ahead is the estimate"
     # The clock is set right: no more refusals, and the verdict clears once they are old.
     assert watch.update(12.0 + EVIDENCE_S - 1) is None
     assert watch.update(12.0 + EVIDENCE_S + 1) == ClockOk()

@@ -80,7 +80,7 @@ def test_block_is_durable_when_add_block_returns(ledger):
     assert other.execute("SELECT count(*) FROM readings").fetchone()[0] == 6
     other.close()
     assert ledger.get_block(block.hash) == block
-    assert ledger.block_at(1) == block
+    assert ledger.get_block(ledger.chain.main_at(1).hash) == block
     assert ledger.newest_reading_ms("relay-1") == block.capture.newest_ms
 
 
@@ -172,7 +172,7 @@ def _chain_of(ledger: Ledger, count: int, relay: Relay) -> list[Block]:
     """``count`` valid blocks on the tip, built in a scratch chain without touching the ledger."""
     chain = new_chain()
     for height in range(1, ledger.height + 1):
-        chain.add(ledger.block_at(height), NOW_MS)
+        chain.add(ledger.get_block(ledger.chain.main_at(height).hash), NOW_MS)
     blocks, parent = [], chain.tip
     for _ in range(count):
         block = make_block(parent, relay.next())

@@ -26,7 +26,8 @@ from gridchain.consensus.rules import RuleViolation
 from gridchain.identity.keys import NodeKey
 from gridchain.ledger.audit import audit_store
 from gridchain.ledger.finality_keeper import PendingPool
-from gridchain.ledger.finality_store import MAX_VOTES_PER_TARGET
+from gridchain.ledger import finality_store
+from gridchain.ledger.finality_store import JUSTIFIES, MAX_VOTES_PER_TARGET, FinalityWrite
 from gridchain.ledger.ledger import Ledger, LedgerDamaged
 from gridchain.ledger.store import DB_FILE, SCHEMA_VERSION, StoreError
 
@@ -411,6 +412,51 @@ def test_a_reorg_by_justification_prunes_the_old_branch_once_finalized(ledger):
     assert ledger.finalized.hash == light[0].hash
     assert set(change.pruned) == {b.hash for b in heavy}
     assert ledger.store.count_blocks() == 4 and len(ledger.chain) == 4
+
+
+def test_a_finality_certificate_outlives_its_pruned_target_in_open_and_audit(ledger):
+    # a1 is finalized by the link a1 -> a2; a2 is only justified. The members then link
+    # a1 -> b3 on another branch (no slashing condition: same source, another target
+    # height), b3 is finalized, and a2 is pruned while a1's certificate still names it.
+    relay = Relay()
+    a1 = add_line(ledger, 1, relay)[0]
+    vote_tip(ledger)
+    a2 = add_line(ledger, 1, relay)[0]
+    vote_tip(ledger)
+    cert = ledger.certificate_for(1)
+    assert ledger.finalized == Checkpoint(1, a1.hash) and cert.target == Checkpoint(2, a2.hash)
+    side = add_line(ledger, 2, Relay("relay-b"), parent=ledger.chain.get(a1.hash), signer=BOB)
+    for i in range(3):
+        ledger.add_vote(vote(i, Checkpoint(1, a1.hash), cp(ledger.chain.get(side[1].hash))), NOW_MS)
+    assert ledger.tip.hash == side[1].hash, "the higher justified branch wins fork choice"
+    add_line(ledger, 1, Relay("relay-b", start_seq=13))
+    change = vote_tip(ledger)
+    assert ledger.finalized == Checkpoint(3, side[1].hash) and change.pruned == (a2.hash,)
+    assert a2.hash not in ledger.chain and ledger.get_raw(a2.hash) is None
+    report = audit_store(ledger.store.path, FPARAMS)
+    assert report.ok and report.certificates == 2 + 2, report.problems  # a1, b3 finalized; b3, b4 justified
+    ledger = reopen(ledger)
+    try:
+        assert ledger.finalized == Checkpoint(3, side[1].hash) and ledger.certificate_for(1) == cert
+        assert ledger.proof_certificate(1) == cert, "still the proof that a1 is final"
+    finally:
+        ledger.close()
+
+
+def test_a_justification_certificate_is_pruned_with_its_block(ledger):
+    first, top = add_line(ledger, 2, Relay())
+    side = add_line(ledger, 1, Relay("relay-s"), parent=ledger.chain.get(first.hash), signer=BOB)[0]
+    assert ledger.tip.hash == top.hash
+    link = Certificate.from_votes([vote(i, Checkpoint(1, first.hash), Checkpoint(2, side.hash)) for i in range(3)])
+    db = ledger.store.db
+    db.execute("BEGIN")
+    finality_store.write(db, FinalityWrite(certificates=[(JUSTIFIES, link)]))
+    db.execute("COMMIT")
+    assert ledger.justification_for(side.hash) == link
+    db.execute("BEGIN")
+    finality_store.write(db, FinalityWrite(pruned=[side.hash]))
+    db.execute("COMMIT")
+    assert ledger.justification_for(side.hash) is None and ledger.get_raw(side.hash) is None
 
 
 def test_a_failed_finality_write_changes_nothing_and_is_retried(ledger):

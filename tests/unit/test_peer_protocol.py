@@ -439,6 +439,17 @@ def test_bytes_of_a_large_frame_keep_the_link_but_not_past_the_idle_timeout():
     assert info.value.reason == "idle-timeout" and info.value.cost is Cost.DROP
 
 
+def test_a_quiet_link_woken_late_gets_one_pings_chance_before_the_idle_timeout():
+    pair = ready_pair(now=0.0)
+    late = protocol.IDLE_TIMEOUT_S + 5.0  # the loop slept past the idle timeout (a stalled host)
+    pair.tick("a", late)
+    assert pair.wire == [("a", Ping(nonce=1))]
+    pair.tick("a", late + protocol.PONG_STALE_S - 0.01)  # no idle-timeout while the ping may be answered
+    pair.pump(late + 0.5)
+    pair.tick("a", late + 0.6)
+    assert pair.a.state == "ready"
+
+
 def test_pings_wait_for_the_handshake():
     pair = Pair(hello("alice"), hello("bob"), now=0.0)  # the hellos are never delivered
     assert pair.a.link_state(protocol.HANDSHAKE_TIMEOUT_S - 0.1) == "handshake"
@@ -525,6 +536,73 @@ def test_a_side_branch_we_hold_moves_the_sync_on_from_the_last_block_sent():
     assert state.answer_arrived(peer, answer, 1.0)
     request = state.answer_handled(b"key", answer, 0, 10, 1, [GENESIS], 1.0)
     assert request.locator[:2] == (theirs[3].hash, GENESIS), "goes on from the last block the peer sent"
+
+
+def test_a_pipelined_sync_asks_ahead_keeps_one_answer_aside_and_stays_bounded():
+    """As gossip runs it: each answer that promises more gets the next request at once, waits
+    aside while the one before is stored, and never more than two are asked for or waiting."""
+    theirs, ours = chain_of(5 * MAX_BLOCKS_PER_MESSAGE + 17), chain_of(0)
+    state, peer, now = SyncState(), object(), 0.0
+    wire = [state.request(peer, locator_of(ours), now)]  # requests the peer has yet to answer
+    held, requests, most_out = None, 1, 0
+
+    def store(answer):
+        new = [b for b in answer.blocks if b.hash not in {x.hash for x in ours}]
+        ours.extend(new)
+        return state.answer_handled(b"key", answer, len(new), len(theirs), len(ours), locator_of(ours), now)
+
+    while wire:
+        now += 0.1
+        answer = serve(theirs, wire.pop(0))
+        assert state.answer_arrived(peer, answer, now)
+        ahead = state.ask_ahead(peer, answer, locator_of(ours), now)
+        if ahead is not None:
+            wire.append(ahead)
+            requests += 1
+        most_out = max(most_out, len(wire) + (ahead is not None))  # asked for, and this one aside
+        stored, held = held, answer if ahead is not None else None
+        for each in [stored, None if ahead is not None else answer]:
+            if each is not None:
+                request = store(each)
+                if request is not None:
+                    wire.append(request)
+                    requests += 1
+    assert ours == theirs and requests == 6, "one request per batch, the same as one at a time"
+    assert most_out == sync.PIPELINE_BATCHES, "one answer aside and one asked for, never more"
+    assert state.peer is None
+
+
+def test_a_batch_that_breaks_a_rule_drops_what_was_asked_after_it():
+    theirs = chain_of(3 * MAX_BLOCKS_PER_MESSAGE)
+    state, peer = SyncState(), object()
+    first = serve(theirs, state.request(peer, [GENESIS], 0.0))
+    assert state.answer_arrived(peer, first, 1.0)
+    ahead = state.ask_ahead(peer, first, [GENESIS], 1.0)
+    assert ahead.locator[0] == first.blocks[-1].hash, "goes on after the batch just received"
+    assert state.request(peer, [GENESIS], 1.0) is None, "nothing more while an answer is due"
+    # The first batch's 100th block breaks a (kept) rule: its prefix is stored, the rest not.
+    state.cancel_ahead(first)
+    kept = first.blocks[:100]
+    request = state.answer_handled(b"key", first, len(kept), len(theirs), len(kept) + 1,
+                                   [kept[-1].hash, GENESIS], 2.0)
+    assert request.locator[:2] == (first.blocks[-1].hash, kept[-1].hash), "as without the request ahead"
+    assert not state.answer_arrived(peer, serve(theirs, ahead), 3.0), "the answer asked ahead is dropped"
+    assert state.answer_arrived(peer, serve(theirs, request), 3.5)
+
+
+def test_an_answer_due_when_a_round_ends_is_not_taken_by_the_next_round():
+    theirs = chain_of(2 * MAX_BLOCKS_PER_MESSAGE)
+    state, peer = SyncState(), object()
+    first = serve(theirs, state.request(peer, [GENESIS], 0.0))
+    assert state.answer_arrived(peer, first, 1.0)
+    assert state.ask_ahead(peer, first, [GENESIS], 1.0) is not None
+    state.end()  # our store refused the batch: the peer's next tip resumes
+    again = state.request(peer, [GENESIS], 2.0)
+    assert again is not None and again.locator == (GENESIS,)
+    late = Blocks(blocks=tuple(theirs[MAX_BLOCKS_PER_MESSAGE + 1:]), more=False)
+    assert not state.answer_arrived(peer, late, 3.0), "due to the round that ended"
+    assert state.answer_arrived(peer, first, 3.5)
+    assert state.peer_gone(peer) and state.peer is None
 
 
 # --- what faults cost, and the stored-bytes sync answer ------------------------------------------
