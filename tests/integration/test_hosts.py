@@ -59,6 +59,7 @@ START_TIMEOUT_S = 20.0  # five interpreters starting on two shared cores
 MESH_TIMEOUT_S = 20.0  # four nodes dialling each other and handshaking
 POLL_S = 0.1  # status polling while a heal is timed: the resolution of every heal time
 STATUS_TIMEOUT_S = 2.0  # a status over a host's loopback; never delayed by the faults
+STATUS_ATTEMPTS = 3
 # One tip within this long after a fault ends. The goal is 2 s; the nodes miss it
 # after a silent cut because nothing notices a dead link before TCP does: the link
 # wakes at its next retransmission, and Linux doubles the retransmission timeout from
@@ -257,9 +258,14 @@ class Grid:
             self.agreed.append(tip)
 
     async def heights(self, names: Iterable[str] = NODES) -> dict[str, int]:
-        infos = await self.statuses(names)
-        missing_ = [n for n, i in infos.items() if i is None]
-        assert not missing_, f"no status from {missing_}"
+        # A node whose clock is skewed can be busy for a moment on a loaded machine: ask again
+        # a few times before calling it silent.
+        for _ in range(STATUS_ATTEMPTS):
+            infos = await self.statuses(names)
+            missing_ = [n for n, i in infos.items() if i is None]
+            if not missing_:
+                break
+        assert not missing_, f"no status from {missing_} in {STATUS_ATTEMPTS} tries"
         return {n: i["height"] for n, i in infos.items()}
 
     # --- the end of every scenario ----------------------------------------------------------
