@@ -21,6 +21,7 @@ A gateway serves one *channel* per relay id. Each channel owns that relay's Sign
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import math
 import os
@@ -101,7 +102,7 @@ class DeviceHealth:
         return ended
 
 
-class Channel:
+class Channel(abc.ABC):
     """What the gateway needs of a relay: its feed, a step, and when to step next."""
 
     relay_id: str
@@ -113,12 +114,13 @@ class Channel:
     def boot(self, now_ms: int, key_created: bool) -> None:
         self.feed.boot(now_ms, key_created)
 
+    @abc.abstractmethod
     async def step(self, now_ms: int) -> list[Reading]:
-        raise NotImplementedError
+        """Poll or simulate once; the readings signed by this step, oldest first."""
 
+    @abc.abstractmethod
     def delay_s(self, now_s: float) -> float:
         """Seconds from ``now_s`` until the next step is due."""
-        raise NotImplementedError
 
     async def close(self) -> None:
         self._close_feed()
