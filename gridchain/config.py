@@ -33,6 +33,17 @@ DEFAULT_MINING_THREADS = 1
 # A relay id names the relay in every block it is in, whose text fields hold at most 256 bytes.
 MAX_RELAY_ID_BYTES = 200
 
+# How long a condition must last before it is an alert (gridchain.web.alerts.Thresholds);
+# the defaults suit a 60 s capture.
+DEFAULT_ALERT_RELAY_DOWN_S = 30.0  # the relay client retries within 30 s at most: a longer outage is real
+DEFAULT_ALERT_RELAY_SILENT_S = 180.0  # three capture intervals without a new reading
+DEFAULT_ALERT_SIGNATURE_WINDOW_S = 600.0  # a failure stays on the banner ten minutes after the last one
+DEFAULT_ALERT_GAP_WINDOW_S = 3600.0  # a lost run of readings is shown for an hour after it was noticed
+DEFAULT_ALERT_PEER_DOWN_S = 30.0  # a redial takes up to 30 s (DEFAULT_REDIAL_MAX_S); longer is an outage
+DEFAULT_ALERT_FINALITY_STALL_S = 300.0  # five minutes: many vote rounds at any capture interval
+DEFAULT_ALERT_FINALITY_LAG_BLOCKS = 3  # with a checkpoint every block, finality runs one or two behind
+DEFAULT_ALERT_CLOCK_OFF_S = 60.0  # half the 2-minute limit a block may be ahead: warned before refused
+
 
 @dataclass(frozen=True, slots=True)
 class Address:
@@ -106,6 +117,15 @@ class NodeConfig:
     api_host: str = DEFAULT_API_HOST
     api_port: int | None = None  # None: port + API_PORT_OFFSET; 0: any free port; -1: none (socket only)
     api_socket: Path | None = None  # also (or only) a Unix socket for the operator API
+    # Alert hold times and windows (gridchain.web.alerts.Thresholds.from_config).
+    alert_relay_down_s: float = DEFAULT_ALERT_RELAY_DOWN_S
+    alert_relay_silent_s: float = DEFAULT_ALERT_RELAY_SILENT_S
+    alert_signature_window_s: float = DEFAULT_ALERT_SIGNATURE_WINDOW_S
+    alert_gap_window_s: float = DEFAULT_ALERT_GAP_WINDOW_S
+    alert_peer_down_s: float = DEFAULT_ALERT_PEER_DOWN_S
+    alert_finality_stall_s: float = DEFAULT_ALERT_FINALITY_STALL_S
+    alert_finality_lag_blocks: int = DEFAULT_ALERT_FINALITY_LAG_BLOCKS
+    alert_clock_off_s: float = DEFAULT_ALERT_CLOCK_OFF_S
 
     @property
     def operator_port(self) -> int:

@@ -22,7 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gridchain.config import (
-    DEFAULT_BAN_SECONDS, DEFAULT_CAPTURE_INTERVAL_S, DEFAULT_DIFFICULTY, DEFAULT_HOST, DEFAULT_MAX_INBOUND,
+    DEFAULT_ALERT_CLOCK_OFF_S, DEFAULT_ALERT_FINALITY_LAG_BLOCKS, DEFAULT_ALERT_FINALITY_STALL_S,
+    DEFAULT_ALERT_GAP_WINDOW_S, DEFAULT_ALERT_PEER_DOWN_S, DEFAULT_ALERT_RELAY_DOWN_S, DEFAULT_ALERT_RELAY_SILENT_S,
+    DEFAULT_ALERT_SIGNATURE_WINDOW_S, DEFAULT_BAN_SECONDS, DEFAULT_CAPTURE_INTERVAL_S, DEFAULT_DIFFICULTY,
+    DEFAULT_HOST, DEFAULT_MAX_INBOUND,
     DEFAULT_MIN_PEERS, DEFAULT_MINING_THREADS, DEFAULT_NETWORK, DEFAULT_PORT, DEFAULT_REDIAL_MAX_S,
     DEFAULT_RELAY_PORT, MIN_CAPTURE_INTERVAL_S, API_PORT_OFFSET, DEFAULT_API_HOST, Address, NodeConfig,
 )
@@ -51,6 +54,9 @@ DEFAULT_RELAY_INTERVAL_S = 10.0  # the prototype relay's reading interval
 DEFAULT_RELAY_ID = "Relay 1"
 DEFAULT_SUBSTATION = "Bogotá Electrical Substation - U.D."
 DEFAULT_RELAY_DATA_DIR = DEFAULT_DATA_ROOT / "relay"  # the relay's key, journal and state
+# A relay's clock offset is measured to tens of milliseconds and drifts by as much: a
+# clock_off limit under a second would raise and clear the alert on noise alone.
+MIN_ALERT_CLOCK_OFF_S = 1.0
 
 
 class SettingError(ValueError):
@@ -194,6 +200,24 @@ NODE_SETTINGS: tuple[Setting, ...] = (
     Setting("redial_max", _number(0.1), DEFAULT_REDIAL_MAX_S, "cap of the doubling redial delay for configured peers",
             metavar="S"),
     Setting("mining_threads", _integer(1, 256), DEFAULT_MINING_THREADS, "threads hashing one block", metavar="N"),
+    # Alert hold times and windows (gridchain.web.alerts.Thresholds); 0 holds for no time at all.
+    Setting("alert_relay_down", _number(0.0), DEFAULT_ALERT_RELAY_DOWN_S,
+            "seconds a relay is unreachable or sends bad data before alert.relay_down", metavar="S"),
+    Setting("alert_relay_silent", _number(0.0), DEFAULT_ALERT_RELAY_SILENT_S,
+            "age in seconds of a reachable relay's newest reading that raises alert.relay_silent", metavar="S"),
+    Setting("alert_signature_window", _number(0.0), DEFAULT_ALERT_SIGNATURE_WINDOW_S,
+            "seconds alert.relay_signature_failure stays up after a relay's last signature failure", metavar="S"),
+    Setting("alert_gap_window", _number(0.0), DEFAULT_ALERT_GAP_WINDOW_S,
+            "seconds alert.reading_gap shows a hole in a relay's readings after it was noticed", metavar="S"),
+    Setting("alert_peer_down", _number(0.0), DEFAULT_ALERT_PEER_DOWN_S,
+            "seconds a configured peer is not connected before alert.peer_down", metavar="S"),
+    Setting("alert_finality_stall", _number(0.0), DEFAULT_ALERT_FINALITY_STALL_S,
+            "seconds the finalized height stands still (with the tip --alert-finality-lag past it) before "
+            "alert.finality_stalled", metavar="S"),
+    Setting("alert_finality_lag", _integer(1), DEFAULT_ALERT_FINALITY_LAG_BLOCKS,
+            "blocks the tip must be past a stalled finalized height for alert.finality_stalled", metavar="N"),
+    Setting("alert_clock_off", _number(MIN_ALERT_CLOCK_OFF_S), DEFAULT_ALERT_CLOCK_OFF_S,
+            "seconds this node's clock may be off the median of its relays' before alert.clock_off", metavar="S"),
     Setting("log_format", _choice(FORMATS), "auto", "auto: JSON lines unless stdout is a terminal",
             metavar="{" + ",".join(FORMATS) + "}"),
     Setting("log_level", _choice(LEVELS), "info", "least severe level logged", metavar="LEVEL"),
@@ -241,8 +265,9 @@ def build_node_parser() -> argparse.ArgumentParser:
     add_version_flag(parser)
     for s in NODE_SETTINGS:
         default = "none" if s.many else ("gridchain-data/<port>" if s.default is None else s.default)
-        help_text = s.help if s.many or s.key in ("data_dir", "name", "api_port", "api_socket") \
+        help_text = s.help if s.many or s.key in ("data_dir", "name", "api_port", "api_socket", "network_file") \
             else f"{s.help} (default: {default})"
+        help_text = help_text.replace("%", "%%")  # argparse %-formats help: Feeder%207 is text, not a format
         if s.many:
             parser.add_argument(s.option, dest=s.key, action="append", default=None, metavar=s.metavar, help=help_text)
         else:
@@ -303,6 +328,10 @@ def resolve_node_settings(flags: Mapping[str, object], env: Mapping[str, str],
         mining_threads=values["mining_threads"], redial_max_s=values["redial_max"],
         network_file=values["network_file"], api_host=values["api_host"],
         api_port=_api_port(values["api_port"], port, values["api_socket"]), api_socket=values["api_socket"],
+        alert_relay_down_s=values["alert_relay_down"], alert_relay_silent_s=values["alert_relay_silent"],
+        alert_signature_window_s=values["alert_signature_window"], alert_gap_window_s=values["alert_gap_window"],
+        alert_peer_down_s=values["alert_peer_down"], alert_finality_stall_s=values["alert_finality_stall"],
+        alert_finality_lag_blocks=values["alert_finality_lag"], alert_clock_off_s=values["alert_clock_off"],
     )
     return NodeSettings(config, values["log_format"], values["log_level"])
 

@@ -31,6 +31,12 @@ class BatchChecks:
         self._chunk = -1
         self._passed: list[bool] = []
 
+    def pending(self, index: int) -> Future[list[bool]] | None:
+        """The future of block ``index``'s chunk while its thread is still on it (None: done),
+        for a caller that would rather wait for it without blocking (gridchain.ledger.steps)."""
+        future = self._futures[index // self._size]
+        return None if future.done() else future
+
     def passed(self, index: int) -> bool:
         """Whether block ``index`` of the run passed; waits for its chunk."""
         chunk = index // self._size

@@ -129,7 +129,8 @@ class Ledger:
         self.pending = PendingPool()  # votes and certificates waiting for their block
         self._unsaved = FinalityWrite()  # finality rows a failed write left for the next one
         self._chain_due = False  # a failed write left fork choice and pruning to redo
-        self._stepping: Steps | None = None  # a block being added a slice at a time (add_block_sliced)
+        self._stepping: Steps | None = None  # blocks being added a slice at a time (add_block_sliced)
+        self._unstored: dict[bytes, Block] = {}  # blocks it linked and has not committed yet
 
     @classmethod
     def open(cls, data_dir: Path, params: NetworkParams, now_ms: int | None = None,
@@ -168,11 +169,16 @@ class Ledger:
         return self.chain.height
 
     def get_block(self, block_hash: bytes) -> Block | None:
-        return self.store.get_block(block_hash)
+        """A block of the tree: stored, or linked by a sliced add that has not committed it yet."""
+        block = self.store.get_block(block_hash)
+        return self._unstored.get(block_hash) if block is None else block
 
     def get_raw(self, block_hash: bytes) -> bytes | None:
-        """A stored block's bytes (``Block.encode()``), for sending on without decoding."""
-        return self.store.get_raw(block_hash)
+        """A block's bytes (``Block.encode()``), for sending on without decoding."""
+        raw = self.store.get_raw(block_hash)
+        if raw is None and block_hash in self._unstored:
+            return self._unstored[block_hash].encode()
+        return raw
 
     def newest_reading_ms(self, relay_id: str) -> int | None:
         return self.chain.newest_reading_ms(relay_id)
@@ -224,8 +230,8 @@ class Ledger:
         result = self.chain.add(block, now_ms, encoded_size)
         if result.status == "duplicate":
             return LedgerUpdate(result, [])
+        pending = self._unstored = {block.hash: block}  # linked, not yet committed: readers find it here
         try:
-            pending = {block.hash: block}
             if result.status == "reorg":
                 for entry in (*result.connected, *result.disconnected):
                     if entry.hash not in pending:
@@ -237,6 +243,8 @@ class Ledger:
         except BaseException:
             self.chain.undo(result)
             raise
+        finally:
+            self._unstored = {}
         return LedgerUpdate(result, displaced, self._retry_pending([block.hash], now_ms))
 
     def add_block_with_orphans(self, block: Block, now_ms: int, encoded_size: int | None = None
@@ -277,9 +285,31 @@ class Ledger:
         inline, so the reason and the kept prefix are what checking one by one gives.
         """
         self.finish_sliced()
+        return self._after_run(exhaust(self._add_blocks_steps(blocks, now_ms, raws, checks)), now_ms)
+
+    async def add_blocks_sliced(self, blocks: Sequence[Block], now_ms: int, raws: Sequence[bytes] | None = None,
+                                checks: BatchChecks | None = None) -> BatchResult:
+        """``add_blocks`` for the event loop, a slice at a time as ``add_block_sliced`` does: a
+        sync batch (hundreds of blocks linked, a reorg of any depth it causes, one commit)
+        never holds the loop for long, and the loop runs while the threads check signatures."""
+        self.finish_sliced()
+        job = self._stepping = Steps(self._add_blocks_steps(blocks, now_ms, raws, checks))
+        try:
+            run = await job.run_sliced()
+        finally:
+            if self._stepping is job:
+                self._stepping = None
+        return self._after_run(run, now_ms)
+
+    def _add_blocks_steps(self, blocks: Sequence[Block], now_ms: int, raws: Sequence[bytes] | None,
+                          checks: BatchChecks | None):
+        """The linking and the commit of ``add_blocks`` as a generator of steps (gridchain.ledger.steps):
+        a step per block linked and per block a reorg decodes, waits for the check threads
+        yielded as futures, then the commit's steps. Returns the run for ``_after_run``."""
         results: list[AddResult] = []
         updates: list[LedgerUpdate] = []
-        pending: dict[bytes, Block] = {}
+        added: list[Block] = []  # the run's blocks new to the tree, in order: what the commit stores
+        pending: dict[bytes, Block] = {}  # those and the stored blocks a reorg decoded, by hash
         changes: list[MainChange] = []
         rejected, error = None, None
         if raws is not None and len(raws) != len(blocks):
@@ -289,8 +319,11 @@ class Ledger:
             checks = None
         if checks is None:
             checks = self._batch_checks(blocks, now_ms)
+        self._unstored = pending  # linked, not yet committed: readers find them here meanwhile
         try:
             for index, block in enumerate(blocks):
+                if checks is not None and (waiting := checks.pending(index)) is not None:
+                    yield waiting
                 prechecked = checks is not None and checks.passed(index)
                 try:
                     result = self.chain.add(block, now_ms, prechecked=prechecked)
@@ -299,25 +332,39 @@ class Ledger:
                     break
                 results.append(result)
                 if result.status != "duplicate":
+                    added.append(block)
                     pending[block.hash] = block
+                    if result.status == "reorg":
+                        for entry in (*result.connected, *result.disconnected):
+                            if entry.hash not in pending:
+                                pending[entry.hash] = self._block(entry, pending)
+                                yield
                     change = self._main_change(result, pending)
                     if change is not None:
                         changes.append(change)
                 updates.append(LedgerUpdate(result, self._displaced(result, pending)))
-            if pending:
+                yield
+            if added:
                 wire = None if raws is None else {block.hash: raw for block, raw in zip(blocks, raws)}
-                self.store.commit(list(pending.values()), changes, raws=wire)
+                yield from self.store.commit_steps(added, changes, raws=wire)
         except BaseException:
             for result in reversed(results):
                 self.chain.undo(result)
             raise
         finally:
+            self._unstored = {}
             if checks is not None:
                 checks.cancel()  # after a refused block, the checks of the rest are not needed
+        return updates, rejected, error, [block.hash for block in added]
+
+    def _after_run(self, run: tuple, now_ms: int) -> BatchResult:
+        """What follows a committed run: its refused orphan pooled, waiting votes applied, orphans
+        that now connect added (each a write of its own, so not inside the run's steps)."""
+        updates, rejected, error, added = run
         if error is not None:
             self._pool_if_orphan(rejected, error)
-        finality = self._retry_pending(list(pending), now_ms)
-        updates += self._connect_orphans(list(pending), now_ms)
+        finality = self._retry_pending(added, now_ms)
+        updates += self._connect_orphans(added, now_ms)
         return BatchResult(updates, rejected, error, finality)
 
     def _pool_if_orphan(self, block: Block, error: RuleViolation) -> None:

@@ -1,7 +1,9 @@
 """Long ledger work done a slice at a time, so the event loop is never held for long.
 
 The work is a generator that yields between steps (a block decoded, a few thousand rows
-written) and returns its result. ``Steps.run_sliced`` runs it on the event loop, at most
+written) and returns its result. A step may yield a ``concurrent.futures.Future`` (work a
+thread is doing for it, such as a sync batch's signature checks): the work resumes once it is
+done, and the event loop is not held meanwhile. ``Steps.run_sliced`` runs it on the event loop, at most
 ``SLICE_S`` at a time, letting every other task run between slices; ``Steps.finish`` runs
 whatever is left at once, for a caller that cannot wait (a write that must not interleave
 with this one). A run that is cancelled closes the generator, which undoes its work (its
@@ -11,6 +13,7 @@ with this one). A run that is cancelled closes the generator, which undoes its w
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import math
 import time
 from collections.abc import Generator
@@ -29,29 +32,40 @@ PAUSE_S = 0.001
 class Steps(Generic[T]):
     """One generator of steps, run sliced or at once, whichever asks first."""
 
-    def __init__(self, steps: Generator[None, None, T]) -> None:
+    def __init__(self, steps: Generator[object, None, T]) -> None:
         self._steps = steps
         self.done = False
         self.slices = 0  # slices it took (the loop ran between each two)
         self._value: T | None = None
         self._error: BaseException | None = None
+        self.waiting: concurrent.futures.Future | None = None  # what the work waits for before its next step
 
-    def run_until(self, deadline: float) -> bool:
-        """Run steps until the work is done or ``deadline`` (perf_counter) has passed; True: done."""
+    def run_until(self, deadline: float, *, block: bool = False) -> bool:
+        """Run steps until the work is done, ``deadline`` (perf_counter) has passed or (unless
+        ``block``) it waits for a thread; True: done."""
         while not self.done:
+            if self.waiting is not None:
+                if not self.waiting.done():
+                    if not block:
+                        break
+                    concurrent.futures.wait([self.waiting])
+                self.waiting = None
             try:
-                next(self._steps)
+                step = next(self._steps)
             except StopIteration as stop:
                 self.done, self._value = True, stop.value
             except BaseException as exc:  # the work's own failure: handed to whoever waits for the result
                 self.done, self._error = True, exc
+            else:
+                if isinstance(step, concurrent.futures.Future):
+                    self.waiting = step
             if time.perf_counter() >= deadline:
                 break
         return self.done
 
     def finish(self) -> None:
-        """Run the rest now (its result or failure waits for ``result``)."""
-        self.run_until(math.inf)
+        """Run the rest now, waiting for its threads (its result or failure waits for ``result``)."""
+        self.run_until(math.inf, block=True)
 
     def result(self) -> T:
         if self._error is not None:
@@ -63,7 +77,12 @@ class Steps(Generic[T]):
         try:
             while not self.run_until(time.perf_counter() + slice_s):
                 self.slices += 1
-                await asyncio.sleep(PAUSE_S)
+                waiting = self.waiting
+                if waiting is not None and not waiting.done():
+                    # Its outcome is the work's to read (the step after this one does).
+                    await asyncio.wait([asyncio.wrap_future(waiting)])
+                else:
+                    await asyncio.sleep(PAUSE_S)
         finally:
             if not self.done:
                 self._steps.close()  # cancelled: the generator undoes what it did
@@ -71,10 +90,12 @@ class Steps(Generic[T]):
         return self.result()
 
 
-def exhaust(steps: Generator[None, None, T]) -> T:
-    """Run a generator of steps to its end at once; its result."""
+def exhaust(steps: Generator[object, None, T]) -> T:
+    """Run a generator of steps to its end at once, waiting for any thread it waits for; its result."""
     while True:
         try:
-            next(steps)
+            step = next(steps)
         except StopIteration as stop:
             return stop.value
+        if isinstance(step, concurrent.futures.Future):
+            concurrent.futures.wait([step])

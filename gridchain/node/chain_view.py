@@ -96,9 +96,9 @@ class LedgerView:
 
     async def receive_blocks(self, blocks: list[Block], peer: str, via_sync: bool,
                              raws: list[bytes] | None = None, checks: object | None = None) -> ReceiveResult:
-        # One sender's blocks at a time: a pushed block's reorg is done a slice at a time
-        # (Ledger.add_block_sliced), and blocks from another peer meanwhile would otherwise
-        # make the ledger finish it in one go.
+        # One sender's blocks at a time: a sync batch and a pushed block's reorg are added a
+        # slice at a time (Ledger.add_blocks_sliced, add_block_sliced), and blocks from another
+        # peer meanwhile would otherwise make the ledger finish them in one go.
         async with self._intake:
             return await self._receive(blocks, peer, via_sync, raws, checks)
 
@@ -109,7 +109,7 @@ class LedgerView:
         changes = []  # what the votes waiting for these blocks did (finality)
         try:
             if via_sync:
-                batch = self.ledger.add_blocks(blocks, self.now_ms(), raws, checks)
+                batch = await self.ledger.add_blocks_sliced(blocks, self.now_ms(), raws, checks)
                 updates, rejected, error = batch.updates, batch.rejected, batch.error
                 changes.append(getattr(batch, "finality", None))
             else:

@@ -28,16 +28,16 @@ from gridchain.identity.node_network import node_params
 from gridchain.identity.keys import KeyFileError, NodeKey
 from gridchain.identity.tls import TlsIdentity
 from gridchain.ledger.ledger import Ledger, LedgerUpdate
-from gridchain.net.gossip import Gossip
 from gridchain.node.capture import CaptureTask, RelayWatch
 from gridchain.node.clock import ClockOk, ClockWatch
 from gridchain.node.lag import LoopLagMonitor
 from gridchain.node.doors import OperatorDoor, PeerDoor
 from gridchain.node.miner import Miner
-from gridchain.node.observability import Observability, ObservedLedgerView
+from gridchain.node.observability import Observability, ObservedGossip, ObservedLedgerView
 from gridchain.node.status import NodeFacts, build_status
 from gridchain.node.voter import Voter
 from gridchain.relay.client import RelayClient
+from gridchain.web.alerts import Thresholds
 
 log = structlog.get_logger()
 
@@ -80,7 +80,8 @@ class Node:
                                         on_tip_moved=self._tip_moved)
         # The dashboard, metrics and alerts (served on the operator door, fed by the calls below).
         self.observability = Observability(name=self.name, chain=self.chain, ledger=self.ledger, status=self.status,
-                                           now_ms=self.now_ms, tokens=None, log=self.log)
+                                           now_ms=self.now_ms, tokens=None, log=self.log,
+                                           thresholds=Thresholds.from_config(config))
         self.miner = Miner(config.mining_threads)
         self.watches = [RelayWatch(self._relay_client(a), self.name) for a in config.relays]
         self.observability.watches = self.watches
@@ -96,11 +97,11 @@ class Node:
         self.clients = ClientSessions(self.chain, self.status, self.name, decode=port.decode_message, tokens=tokens)
         self.observability.tokens = tokens  # the dashboard's access rule is the API's
         # Peers prove their keys in the handshake; with a member list only members may be peers.
-        self.gossip = Gossip(chain=self.chain, node_key=self.key.public_key, sign=self.key.sign, name=self.name,
-                             port=config.port, peers=config.peers, members=self.params.members,
-                             ban_seconds=config.ban_seconds, redial_max_s=config.redial_max_s,
-                             decode=port.decode_message, tls=self.tls)
-        self.observability.gossip = self.gossip
+        self.gossip = ObservedGossip(chain=self.chain, node_key=self.key.public_key, sign=self.key.sign,
+                                     name=self.name, port=config.port, peers=config.peers,
+                                     members=self.params.members, ban_seconds=config.ban_seconds,
+                                     redial_max_s=config.redial_max_s, decode=port.decode_message, tls=self.tls)
+        self.observability.attach_gossip(self.gossip)  # configured peers: up or down, and since when
         # Finality (a network with members): vote if we are one, follow the others' votes either way.
         self.voter: Voter | None = None
         if self.params.members:
@@ -285,14 +286,16 @@ class Node:
 
     # --- status -----------------------------------------------------------------------------
     def status(self) -> dict:
-        return build_status(self.facts, now=time.monotonic(), port=self.listener.port, tip=self.ledger.tip,
+        now = time.monotonic()
+        return build_status(self.facts, now=now, port=self.listener.port, tip=self.ledger.tip,
                             peers=self.gossip.peers.values(), relays=[w.status() for w in self.watches],
                             mining=self.miner.busy, orphans=len(self.ledger.orphans),
                             clock=self.clock_watch.status(),
                             syncing=self.gossip.sync_peer is not None, loop_lag_ms=self.lag.summary(),
                             finality=None if self.voter is None else
                             {**self.voter.status(), "sent_bytes": self.gossip.finality.sent_bytes},
-                            alerts=self.observability.active_alerts())
+                            alerts=self.observability.active_alerts(),
+                            configured_peers=self.observability.configured_peer_rows(now))
 
 
 async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:

@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections.abc import Callable
 
 from gridchain.api.access import Tokens
 from gridchain.consensus.block import Block
 from gridchain.ledger.ledger import Ledger
 from gridchain.net.gossip import Gossip, ReceiveResult
+from gridchain.net.peer import Peer
 from gridchain.node.chain_view import LedgerView
+from gridchain.node.status import ConfiguredPeerBook, configured_links
 from gridchain.relay.client import RelayClient, RelayError
 from gridchain.web.alerts import SIGNATURE_REASONS, AlertBook, Observation, Thresholds, observation_from_status
 from gridchain.web.http import HttpError, Request
@@ -49,6 +52,29 @@ class ObservedLedgerView(LedgerView):
         if self.on_received is not None:
             self.on_received(blocks, via_sync, result)
         return result
+
+
+class ObservedGossip(Gossip):
+    """The node's gossip, reporting each ready link that comes or goes (so that how long a
+    configured peer has been up or down is known to the moment, not to the next look)."""
+
+    on_links_changed: Callable[[], None] | None = None
+
+    async def on_peer_ready(self, peer: Peer) -> None:
+        try:
+            await super().on_peer_ready(peer)
+        finally:
+            self._links_changed()
+
+    async def on_peer_closed(self, peer: Peer, reason: str, ban: bool) -> None:
+        try:
+            await super().on_peer_closed(peer, reason, ban)
+        finally:
+            self._links_changed()
+
+    def _links_changed(self) -> None:
+        if self.on_links_changed is not None:
+            self.on_links_changed()
 
 
 class CountingRelayClient(RelayClient):
@@ -80,14 +106,16 @@ class Observability:
 
     def __init__(self, *, name: str, chain: LedgerView, ledger: Ledger, status: Callable[[], dict],
                  now_ms: Callable[[], int], tokens: Tokens | None, log,
-                 thresholds: Thresholds = Thresholds()) -> None:
+                 thresholds: Thresholds = Thresholds(), monotonic: Callable[[], float] = time.monotonic) -> None:
         self.chain = chain
         self.ledger = ledger
         self.status = status
         self.now_ms = now_ms
+        self.monotonic = monotonic
         self.tokens = tokens
         self.log = log
-        self.gossip: Gossip | None = None  # attached once built (configured peers and their links)
+        self.gossip: Gossip | None = None  # attached once built (attach_gossip: configured peers and their links)
+        self.peer_book = ConfiguredPeerBook((), monotonic())
         self.watches: list = []  # the node's RelayWatch list (signature failures by relay)
         self.signature_failures: dict[str, int] = {}
         self._gaps: tuple[object, list] | None = None  # (tip hash, the store's gaps on it)
@@ -131,23 +159,40 @@ class Observability:
         self.signature_failures[relay] = self.signature_failures.get(relay, 0) + 1
         self.metrics.on_relay_signature_failure(relay)
 
-    # --- what the alert loop sees ------------------------------------------------------------
+    # --- configured peers ---------------------------------------------------------------------
+    def attach_gossip(self, gossip: Gossip) -> None:
+        """Watch ``gossip``'s configured peers: down since now until a link to one is up."""
+        self.gossip = gossip
+        self.peer_book = ConfiguredPeerBook(gossip.configured, self.monotonic())
+        if isinstance(gossip, ObservedGossip):
+            gossip.on_links_changed = self.links_changed
+
+    def links_changed(self, now: float | None = None) -> None:
+        """Look at the ready links (a link came or went): the peer book's times are exact."""
+        if self.gossip is not None:
+            self.peer_book.observe(configured_links(self.gossip.configured, self.gossip.peers.values()),
+                                   self.monotonic() if now is None else now)
+
     def configured_peers(self) -> dict[str, bool]:
         """Each configured peer's address and whether a ready link to it is up."""
-        if self.gossip is None:
-            return {}
-        peers = list(self.gossip.peers.values())
-        return {str(address): any(p.listen_address == str(address) or (not p.inbound and p.address == str(address))
-                                  for p in peers)
-                for address in self.gossip.configured}
+        self.links_changed()
+        return self.peer_book.connected()
 
+    def configured_peer_rows(self, now: float) -> list[dict]:
+        """``status["configured_peers"]`` at ``now`` (monotonic)."""
+        self.links_changed(now)
+        return self.peer_book.rows(now)
+
+    # --- what the alert loop sees ------------------------------------------------------------
     def observe(self) -> Observation:
         status = self.status()
         equivocators = [e.get("member") or e.get("member_key", "?")
                         for e in (status.get("finality") or {}).get("evidence", ())]
         obs = observation_from_status(status, self.now_ms(), gaps=self._main_gaps(), equivocators=equivocators,
                                       signature_failures=self.signature_failures)
-        return dataclasses.replace(obs, configured_peers=self.configured_peers())
+        rows = status.get("configured_peers", ())  # the peer book's, as status shows them
+        return dataclasses.replace(obs, configured_peers={r["address"]: r["connected"] for r in rows},
+                                   peers_down_s={r["address"]: r["since_s"] for r in rows if not r["connected"]})
 
     def _main_gaps(self) -> list:
         tip = self.ledger.tip.hash

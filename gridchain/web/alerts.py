@@ -22,6 +22,8 @@ Names (stable; the log event of an edge is ``alert.raised`` / ``alert.cleared`` 
                                  while the tip is ``finality_lag_blocks`` or more past it
   alert.clock_off                the node's clock is off the median of its sources by
                                  ``clock_off_ms`` or more (blocks it mines would be refused)
+
+Each of those limits is a ``Thresholds`` field, set from the node's ``alert_*`` settings.
 """
 
 from __future__ import annotations
@@ -29,6 +31,12 @@ from __future__ import annotations
 import statistics
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+
+from gridchain.config import (
+    DEFAULT_ALERT_CLOCK_OFF_S, DEFAULT_ALERT_FINALITY_LAG_BLOCKS, DEFAULT_ALERT_FINALITY_STALL_S,
+    DEFAULT_ALERT_GAP_WINDOW_S, DEFAULT_ALERT_PEER_DOWN_S, DEFAULT_ALERT_RELAY_DOWN_S, DEFAULT_ALERT_RELAY_SILENT_S,
+    DEFAULT_ALERT_SIGNATURE_WINDOW_S, NodeConfig,
+)
 
 RELAY_DOWN = "alert.relay_down"
 RELAY_SILENT = "alert.relay_silent"
@@ -49,16 +57,26 @@ SIGNATURE_REASONS = frozenset({"bad-relay-signature", "bad-seal", "relay-key-mis
 
 @dataclass(frozen=True, slots=True)
 class Thresholds:
-    """How long a condition must last before it is an alert; the defaults suit a 60 s capture."""
+    """How long a condition must last before it is an alert. The defaults (gridchain.config, each
+    with its reason) suit a 60 s capture; a node takes its own from its settings (``from_config``)."""
 
-    relay_down_s: float = 30.0  # the relay client retries within 30 s at most: a longer outage is real
-    relay_silent_s: float = 180.0  # three capture intervals without a new reading
-    signature_window_s: float = 600.0  # a failure stays on the banner ten minutes after the last one
-    gap_window_s: float = 3600.0  # a lost run of readings is shown for an hour after it was noticed
-    peer_down_s: float = 30.0  # a redial takes up to 30 s (DEFAULT_REDIAL_MAX_S); longer is an outage
-    finality_stall_s: float = 300.0  # five minutes: many vote rounds at any capture interval
-    finality_lag_blocks: int = 3  # with a checkpoint every block, finality runs one or two behind
-    clock_off_ms: int = 60_000  # half the 2-minute limit a block may be ahead: warned before refused
+    relay_down_s: float = DEFAULT_ALERT_RELAY_DOWN_S
+    relay_silent_s: float = DEFAULT_ALERT_RELAY_SILENT_S
+    signature_window_s: float = DEFAULT_ALERT_SIGNATURE_WINDOW_S
+    gap_window_s: float = DEFAULT_ALERT_GAP_WINDOW_S
+    peer_down_s: float = DEFAULT_ALERT_PEER_DOWN_S
+    finality_stall_s: float = DEFAULT_ALERT_FINALITY_STALL_S
+    finality_lag_blocks: int = DEFAULT_ALERT_FINALITY_LAG_BLOCKS
+    clock_off_ms: int = round(DEFAULT_ALERT_CLOCK_OFF_S * 1000)
+
+    @classmethod
+    def from_config(cls, config: NodeConfig) -> Thresholds:
+        """The node's alert settings (``alert_*``: docs/operations.md)."""
+        return cls(relay_down_s=config.alert_relay_down_s, relay_silent_s=config.alert_relay_silent_s,
+                   signature_window_s=config.alert_signature_window_s, gap_window_s=config.alert_gap_window_s,
+                   peer_down_s=config.alert_peer_down_s, finality_stall_s=config.alert_finality_stall_s,
+                   finality_lag_blocks=config.alert_finality_lag_blocks,
+                   clock_off_ms=round(config.alert_clock_off_s * 1000))
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +112,9 @@ class Observation:
     tip_height: int = 0
     finalized_height: int | None = None  # None: no finality on this network
     clock_offsets_ms: Mapping[str, int] = field(default_factory=dict)  # source -> our clock minus theirs
+    # address -> seconds a configured peer has been down, as the node's peer book knows it (from
+    # the moment its link went away); a peer missing here is timed from the first look that saw it down.
+    peers_down_s: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,8 +203,11 @@ class AlertBook:
             if not connected:
                 key = (PEER_DOWN, address)
                 held.add(key)
-                if self._lasted(key, now, t.peer_down_s):
-                    yield key, f"not connected for {self._age_s(key, now):.0f} s"
+                down_s = obs.peers_down_s.get(address)
+                if down_s is None and self._lasted(key, now, t.peer_down_s):
+                    down_s = self._age_s(key, now)
+                if down_s is not None and down_s >= t.peer_down_s:
+                    yield key, f"not connected for {down_s:.0f} s"
         yield from _gap_alerts(obs.gaps, now, t.gap_window_s)
         for member in sorted(set(obs.equivocators)):
             yield (MEMBER_EQUIVOCATION, member), "signed conflicting finality votes (evidence held)"

@@ -17,8 +17,9 @@ bound that the attack broke before:
   (`get-blocks-flood`), while a new member syncing from the node is never held back;
 - a peer claiming huge work that answers every sync request with the same parentless block:
   the sync moves on, an honest peer's blocks arrive within seconds;
-- a branch flip 1,000 blocks deep, back and forth, pushed one block at a time: the event
-  loop is never held long (measured in the test's own loop, which the node runs in).
+- a branch flip 1,000 blocks deep, back and forth, pushed one block at a time, and one that
+  arrives in sync batches (a member with a heavier 1,001-block branch): the event loop is
+  never held long (measured in the test's own loop, which the node runs in).
 
 Run as ``python -m tests.integration.test_costly_requests verify-flood PORT TOKEN SECONDS
 SESSIONS`` it is the verify flood itself, in a process of its own (as the attacker's would
@@ -156,9 +157,12 @@ def stores(tmp_path_factory):
     branch_a = chain_line(FLIP_DEPTH + 2, 2)
     branch_b = chain_line(FLIP_DEPTH + 1, 3)
     build_store(root / "forked", branch_a[:FLIP_DEPTH], branch_b[:FLIP_DEPTH])
+    build_store(root / "a_line", branch_a[:FLIP_DEPTH])
+    build_store(root / "b_line", branch_b)
     assert branch_a[0].hash != branch_b[0].hash
     return {"long": root / "long", "long_blocks": main, "forked": root / "forked",
-            "a_next": branch_a[FLIP_DEPTH:], "b_next": branch_b[FLIP_DEPTH:]}
+            "a_next": branch_a[FLIP_DEPTH:], "b_next": branch_b[FLIP_DEPTH:],
+            "a_line": root / "a_line", "b_line": root / "b_line", "b_tip": branch_b[-1]}
 
 
 @pytest.fixture
@@ -525,6 +529,38 @@ async def test_a_branch_flip_1000_blocks_deep_never_stalls_the_event_loop_for_lo
           + ", ".join(f"{wall * 1000:.1f} ms ({cpu * 1000:.1f} ms of it on the CPU)" for wall, cpu in flips))
     assert len(flips) == 2
     assert max(cpu for _, cpu in flips) <= 0.1, "a reorg held the event loop"
+
+
+async def test_a_reorg_1000_blocks_deep_arriving_by_sync_never_stalls_the_event_loop_for_long(
+        stores, net_file, nodes, tmp_path):
+    """Bob holds branch A (1,000 blocks); alice, a member in a process of her own, holds the
+    heavier branch B (1,001 blocks from genesis). Bob syncs B in batches of hundreds: each
+    batch linked and committed, and the 1,000-deep reorg its last batch causes, while bob's
+    event loop keeps being served."""
+    from tests.support.nodes import TEST_DIFFICULTY
+    from tests.support.processes import Processes, answers, wait_status
+    from tests.support.wait import wait_until
+
+    bob = party(tmp_path, "bob", stores["a_line"])
+    alice = party(tmp_path, "alice", stores["b_line"])
+    with Processes(tmp_path, NETWORK, TEST_DIFFICULTY) as procs:
+        alice_proc = procs.node("alice", data_dir=alice.data_dir, port=alice.port,
+                                extra=["--network-file", str(net_file)])
+        await wait_status(alice_proc, answers, 30, "alice to answer")
+        nodes.append(await start(bob, net_file, [alice.port]))
+        assert bob.node.ledger.height == FLIP_DEPTH
+        stalls = LoopStalls()
+        try:
+            await wait_until(lambda: bob.node.ledger.tip.hash == stores["b_tip"].hash, 60, 0.01,
+                             what="bob to sync alice's heavier branch")
+        finally:
+            stalls.stop()
+        await procs.stop_all()
+    status = await o.status(bob.port)
+    assert status["height"] == FLIP_DEPTH + 1 and status["tip"] == stores["b_tip"].hash.hex()
+    print(f"a {FLIP_DEPTH}-block reorg by sync: longest event loop stall {stalls.worst * 1000:.1f} ms "
+          f"({stalls.worst_cpu * 1000:.1f} ms of it on the CPU)")
+    assert stalls.worst_cpu <= 0.1, "a sync batch or its reorg held the event loop"
 
 
 # --- the verify flood, in a process of its own ------------------------------------------------------------

@@ -186,8 +186,8 @@ def test_add_blocks_commits_a_run_at_once(ledger, monkeypatch):
     add_line(ledger, 2, relay)
     blocks = _chain_of(ledger, 20, relay)
     commits = []
-    real_commit = ledger.store.commit
-    monkeypatch.setattr(ledger.store, "commit",
+    real_commit = ledger.store.commit_steps
+    monkeypatch.setattr(ledger.store, "commit_steps",
                         lambda *args, **kwargs: commits.append(args) or real_commit(*args, **kwargs))
     batch = ledger.add_blocks(blocks, NOW_MS)
     assert len(commits) == 1 and len(commits[0][0]) == 20, "one transaction for the whole run"

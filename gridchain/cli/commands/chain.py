@@ -101,6 +101,9 @@ def print_status(info: dict, out) -> None:
                Column("HEIGHT", 0, lambda p: p.get("height", ""), right=True),
                Column("TIP", 0, lambda p: str(p.get("tip", ""))[:12]),
                Column("KEY", 0, lambda p: str(p.get("node_key", ""))[:12])), peers, out, indent="  ")
+    for row in info.get("configured_peers") or ():
+        if not row.get("connected"):
+            print(f"  {configured_peer_down(row)}", file=out)
     relays = info.get("relays", [])
     print(f"relays ({len(relays)})", file=out)
     if relays:
@@ -248,6 +251,16 @@ def print_block(block: Block, height: int, main: bool, out) -> None:
     if c.readings:
         rows = BreakerMarks().mark((reading_to_dict(r) for r in c.readings), c.relay_id)
         reading_table(out, indent="  ", with_relay=False).rows(rows)
+
+
+def configured_peer_down(row: dict) -> str:
+    """One line for a configured peer with no link up (a row of status["configured_peers"])."""
+    since = float(row.get("since_s") or 0)
+    if row.get("last_connected_s_ago") is None:
+        history = "never connected since this node started"
+    else:
+        history = f"last linked to {row.get('name') or '?'} {str(row.get('node_key', ''))[:12]}".rstrip()
+    return f"configured peer {row.get('address', '?')} not connected for {since:.0f} s ({history})"
 
 
 def print_finality(finality: dict | None, out) -> None:
