@@ -357,9 +357,12 @@ def _checked(s: Setting, raw: object, where: str) -> object:
     checked = []
     for item in items:
         try:
-            checked.append(s.check(item))
+            value = s.check(item)
         except ValueError as exc:
             raise SettingError(f"{where}: {exc}") from None
+        if s.many and value in checked:  # a relay polled twice would capture each reading twice
+            raise SettingError(f"{where}: {item} is given twice")
+        checked.append(value)
     return tuple(checked) if s.many else checked[0]
 
 

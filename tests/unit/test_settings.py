@@ -244,3 +244,17 @@ def test_a_bad_relay_address_gives_one_line(capsys, relay, expected):
 
 def test_a_peer_is_never_a_relay_address(capsys):
     assert "--peer: bad address 'a:1/R'" in error_of(capsys, ["--peer", "a:1/R"])
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--relay", "gw:5010", "--relay", "gw:5010"], "--relay: gw:5010 is given twice"),
+    (["--relay", "gw:5010/Relay%201,gw:5010/Relay%201"], "--relay: gw:5010/Relay%201 is given twice"),
+    (["--peer", "a:1,a:1"], "--peer: a:1 is given twice"),
+])
+def test_a_relay_or_peer_given_twice_is_refused(capsys, argv, expected):
+    assert expected in error_of(capsys, argv)
+
+
+def test_one_gateway_with_two_relay_ids_is_two_relays():
+    config = load_node_config(["--relay", "gw:5010/Relay%201", "--relay", "gw:5010/Relay%202"], env={})
+    assert [r.relay_id for r in config.relays] == ["Relay 1", "Relay 2"]
