@@ -1,5 +1,7 @@
 """DNP3 source against the simulated relay's outstation: dnp3py master and outstation,
-loopback, every bad-device case, point flags kept as quality, recovery."""
+loopback: what only DNP3 does (internal indications, point maps, outstation addresses,
+point flags kept as quality, a link drop). What every source does, bad devices included:
+test_source_contract.py."""
 
 from __future__ import annotations
 
@@ -7,100 +9,17 @@ import asyncio
 
 import pytest
 
-from gridchain.relay.devices.device import Fault, SimulatedDevice
-from gridchain.relay.devices.dnp3_server import Dnp3DeviceServer, serial_number
-from gridchain.relay.sources import Quality, SourceError, open_source, parse_source_url
-from gridchain.relay.sources.base import GATEWAY_CLOCK_FLAG
+from gridchain.relay.devices.device import Fault
+from gridchain.relay.sources import Quality, SourceError
 from gridchain.relay.sources.dnp3_source import Dnp3Source
 from gridchain.relay.sources.point_map import load_point_map, parse_point_map
-
-START_MS = 1_700_000_000_000
-WAIT_S = 10.0  # every poll in these tests ends well within this, or the test fails
-RESOLUTION = 0.0011  # the point map's 0.001 scale on 32-bit integers
-OUTSTATION = 10
-
-
-class Rig:
-    def __init__(self) -> None:
-        self.map = load_point_map()
-        self.device = SimulatedDevice.create(seed=5, start_ms=START_MS)
-        self.now = START_MS
-        self.tick()
-        self.server = Dnp3DeviceServer(self.device, self.map, outstation=OUTSTATION)
-        self.source: Dnp3Source | None = None
-
-    def tick(self) -> None:
-        self.now += 1000
-        self.device.refresh(self.now)
-
-    async def poll(self, source: Dnp3Source | None = None):
-        return await asyncio.wait_for((source or self.source).poll(self.now), WAIT_S)
-
-    async def fails(self, reason: str, source: Dnp3Source | None = None) -> SourceError:
-        with pytest.raises(SourceError) as caught:
-            await self.poll(source)
-        assert caught.value.reason == reason, caught.value
-        return caught.value
+from tests.support.device_rig import OUTSTATION, WAIT_S, Dnp3Rig
 
 
 @pytest.fixture
 async def rig():
-    rig = Rig()
-    await rig.server.start()
-    rig.source = open_source(parse_source_url(
-        f"dnp3://127.0.0.1:{rig.server.port}?outstation={OUTSTATION}&master=1&timeout=0.5"))
-    yield rig
-    await rig.source.close()
-    await rig.server.stop()
-
-
-def assert_served(rig: Rig, got) -> None:
-    snap = rig.device.snapshot
-    assert got.values == pytest.approx(snap.values, abs=RESOLUTION)
-    assert got.openings == snap.openings
-    assert got.timestamp_ms is None and got.flags & GATEWAY_CLOCK_FLAG  # static DNP3 data has no time
-    assert got.identity == f"dnp3 outstation {OUTSTATION} serial {serial_number(snap.identity)}"
-
-
-async def test_integrity_poll_returns_analogs_and_the_counter(rig):
-    for _ in range(3):
-        rig.tick()
-        got = await rig.poll()
-        assert_served(rig, got)
-        assert got.quality == (Quality.GOOD,) * 10
-
-
-async def test_openings_come_from_the_counter(rig):
-    rig.device.simulator.fault_probability = 1.0
-    for _ in range(12):
-        rig.tick()
-    got = await rig.poll()
-    assert got.openings == rig.device.snapshot.openings >= 1
-
-
-@pytest.mark.parametrize("fault, reason", [
-    (Fault.EXCEPTION, "device-exception"),
-    (Fault.STALL, "device-timeout"),
-    (Fault.DISCONNECT, "device-disconnected"),
-    (Fault.OUT_OF_RANGE, "value-out-of-range"),
-    (Fault.CHANGED_IDENTITY, "identity-changed"),
-])
-async def test_bad_device_gets_a_named_error_and_the_source_recovers(rig, fault, reason):
-    await rig.poll()
-    rig.device.fault = fault
-    rig.tick()
-    await rig.fails(reason)
-    rig.device.fault = Fault.NONE
-    rig.tick()
-    assert_served(rig, await rig.poll())
-
-
-async def test_a_stale_device_clock_cannot_reach_the_reading(rig):
-    await rig.poll()
-    rig.device.fault = Fault.STALE_TIMESTAMP
-    rig.tick()
-    got = await rig.poll()  # DNP3 static values carry no device time: the gateway's clock stamps them
-    assert got.timestamp_ms is None and got.flags & GATEWAY_CLOCK_FLAG
+    async with Dnp3Rig().running() as rig:
+        yield rig
 
 
 async def test_exception_names_the_internal_indication(rig):
@@ -157,4 +76,4 @@ async def test_link_drop_between_polls_recovers(rig):
         assert exc.reason == "device-disconnected"
         rig.tick()
         got = await rig.poll()
-    assert_served(rig, got)
+    rig.assert_served(got)

@@ -1,5 +1,7 @@
 """IEC 61850 MMS source against the simulated relay's MMS server: open61850 client and
-server, loopback, every bad-device case, quality and device time kept, recovery."""
+server, loopback: what only MMS does (logical devices and models, quality and device
+time kept, an unsynchronised clock, a server restart). What every source does, bad devices
+included: test_source_contract.py."""
 
 from __future__ import annotations
 
@@ -10,90 +12,18 @@ import pytest
 from open61850.data import TimestampData
 from open61850.mms.pdu import ObjectName
 
-from gridchain.relay.devices.device import Fault, SimulatedDevice
+from gridchain.relay.devices.device import Fault
 from gridchain.relay.devices.mms_server import DOMAIN, MmsDeviceServer
-from gridchain.relay.sources import NoNewSample, Quality, SourceError, open_source, parse_source_url
+from gridchain.relay.sources import NoNewSample, Quality, SourceError
 from gridchain.relay.sources.base import GATEWAY_CLOCK_FLAG
 from gridchain.relay.sources.mms_source import MmsSource
-
-START_MS = 1_700_000_000_000
-WAIT_S = 10.0  # every poll in these tests ends well within this, or the test fails
-RESOLUTION = 0.001  # float32 of SI values, then kV / MW: well inside the simulator's 3 decimals
-
-
-class Rig:
-    def __init__(self) -> None:
-        self.device = SimulatedDevice.create(seed=11, start_ms=START_MS)
-        self.now = START_MS
-        self.tick()
-        self.server = MmsDeviceServer(self.device)
-        self.source: MmsSource | None = None
-
-    def tick(self) -> None:
-        self.now += 1000
-        self.device.refresh(self.now)
-
-    async def poll(self, source: MmsSource | None = None):
-        return await asyncio.wait_for((source or self.source).poll(self.now), WAIT_S)
-
-    async def fails(self, reason: str, source: MmsSource | None = None) -> SourceError:
-        with pytest.raises(SourceError) as caught:
-            await self.poll(source)
-        assert caught.value.reason == reason, caught.value
-        return caught.value
+from tests.support.device_rig import WAIT_S, MmsRig
 
 
 @pytest.fixture
 async def rig():
-    rig = Rig()
-    await rig.server.start()
-    rig.source = open_source(parse_source_url(f"iec61850://127.0.0.1:{rig.server.port}/{DOMAIN}?timeout=0.5"))
-    yield rig
-    await rig.source.close()
-    await rig.server.stop()
-
-
-def assert_served(rig: Rig, got) -> None:
-    snap = rig.device.snapshot
-    assert got.values == pytest.approx(snap.values, abs=RESOLUTION)
-    assert got.openings == snap.openings
-    assert got.timestamp_ms == snap.timestamp_ms  # the device's own clock
-    assert not got.flags & GATEWAY_CLOCK_FLAG
-    assert got.identity == f"gridchain/GRIDSIM-751/{snap.identity}"
-
-
-async def test_poll_returns_mmxu_values_opcnt_and_device_time(rig):
-    for _ in range(3):
-        rig.tick()
-        got = await rig.poll()
-        assert_served(rig, got)
-        assert got.quality == (Quality.GOOD,) * 10
-
-
-async def test_openings_come_from_xcbr_opcnt(rig):
-    rig.device.simulator.fault_probability = 1.0
-    for _ in range(12):
-        rig.tick()
-    got = await rig.poll()
-    assert got.openings == rig.device.snapshot.openings >= 1
-
-
-@pytest.mark.parametrize("fault, reason", [
-    (Fault.EXCEPTION, "device-exception"),
-    (Fault.STALL, "device-timeout"),
-    (Fault.DISCONNECT, "device-disconnected"),
-    (Fault.OUT_OF_RANGE, "value-out-of-range"),
-    (Fault.STALE_TIMESTAMP, "stale-timestamp"),
-    (Fault.CHANGED_IDENTITY, "identity-changed"),
-])
-async def test_bad_device_gets_a_named_error_and_the_source_recovers(rig, fault, reason):
-    await rig.poll()
-    rig.device.fault = fault
-    rig.tick()
-    await rig.fails(reason)
-    rig.device.fault = Fault.NONE
-    rig.tick()
-    assert_served(rig, await rig.poll())
+    async with MmsRig().running() as rig:
+        yield rig
 
 
 async def test_an_unchanged_device_is_no_new_sample(rig):
@@ -169,4 +99,4 @@ async def test_server_restart_recovers(rig):
     rig.server = MmsDeviceServer(rig.device, port=port)
     await rig.server.start()
     rig.tick()
-    assert_served(rig, await rig.poll())
+    rig.assert_served(await rig.poll())
