@@ -207,6 +207,34 @@ def build_chain(data_dir: Path, network: str, bits: int, length: int) -> float:
     return time.perf_counter() - started
 
 
+CHAIN_SUBSTATION = "Bench Substation"  # the substation chain_blocks' readings name
+
+
+def build_network_chain(data_dir: Path, params: NetworkParams, length: int, key: NodeKey,
+                        miner_name: str = "builder") -> float:
+    """``build_chain`` for any network's rules (a network file's: its members, relays and hash),
+    every block mined and signed by ``key`` (on a member network, a member's key); returns seconds.
+
+    The network must name CHAIN_RELAY, substation CHAIN_SUBSTATION, with the test relay key
+    (tests.support.blocks.RELAY_KEY), which signs the readings.
+    """
+    started = time.perf_counter()
+    Path(data_dir).mkdir(parents=True, exist_ok=True)
+    now_ms = int(time.time() * 1000)
+    ledger = Ledger.open(data_dir, params, now_ms)
+    try:
+        while ledger.height < length:
+            run = list(line(tip_of(ledger.chain, CHAIN_RELAY), min(CHAIN_BATCH, length - ledger.height), key,
+                            params.bits, relay_id=CHAIN_RELAY, substation=CHAIN_SUBSTATION, miner_name=miner_name,
+                            per_block=CHAIN_READINGS))
+            batch = ledger.add_blocks(run, now_ms)
+            if batch.error is not None:
+                raise RuntimeError(f"built block refused: {batch.error}")
+    finally:
+        ledger.close()
+    return time.perf_counter() - started
+
+
 def copy_chain(source: Path, target: Path) -> None:
     """Copy a closed store (not its node key) so another node starts with the same chain."""
     target.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,7 @@ from gridchain.net.peer import DEAD_LINK_REASONS, Peer
 from gridchain.net.penalties import BLOCK, cost_of
 from gridchain.net.protocol import ProtocolViolation
 from gridchain.wire.frames import encode_frame
-from gridchain.wire.reconnect import Reconnect
+from gridchain.wire.reconnect import Reconnect, failure_reason
 from gridchain.wire.streams import READ_CHUNK, UNPROVEN_MAX_FRAME, FrameReader
 
 log = structlog.get_logger()
@@ -53,6 +53,12 @@ DIAL_TIMEOUT_S = 5.0
 FAST_REDIAL_S = 0.5
 FAST_DIAL_TIMEOUT_S = 1.5
 FAST_REDIAL_FOR_S = 300.0
+# A dial the other side accepted, then closed before its hello (a port that is no node's): its reason.
+CLOSED_BEFORE_HELLO = "closed-before-hello"
+CLOSED_EARLY = frozenset({"closed", "peer-closed", "connection-lost"})  # how such a connection ends
+# failure_reason's names said as a dial's: a TLS handshake closed under our ClientHello, a
+# listener whose certificate no member key signed.
+DIAL_REASONS = {"closed": CLOSED_BEFORE_HELLO, "tls-certificate": "not-a-member"}
 # Host names that reach this machine's own listener when paired with its port.
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0"})
 # Tip announcements beyond this rate per peer are not processed at once (a flood is cheap to ignore).
@@ -157,6 +163,7 @@ class Gossip:
         self._peer_changed = asyncio.Event()
         self.alone_since: float | None = time.monotonic()  # no ready peer since then (None: some)
         self._sync_held: dict[str, float] = {}  # peer listen address -> no sync from it before then
+        self._dialling: dict[str, Reconnect] = {}  # configured address -> its redial schedule
         self.finality: FinalityGossip | None = None  # votes and certificates (attach_finality)
         self.log = log.bind(node=name)
 
@@ -246,6 +253,7 @@ class Gossip:
     async def _dial_forever(self, address: Address) -> None:
         backoff = Reconnect(first_delay=DIAL_FIRST_DELAY_S, max_delay=self.redial_max_s)
         target = str(address)
+        self._dialling[target] = backoff  # on_peer_ready logs peer.restored when a link ends a failing run
         fast_until = 0.0  # redial fast until then: the last link to this peer died (FAST_REDIAL_S)
         while True:
             if self._connected_to(target) or self.is_banned(target):
@@ -261,14 +269,10 @@ class Gossip:
                 async with asyncio.timeout(FAST_DIAL_TIMEOUT_S if fast else DIAL_TIMEOUT_S):
                     reader, writer, link = await self._open(address)
             except (OSError, TimeoutError, TlsError) as exc:
-                if backoff.failed(time.monotonic()):
-                    self.log.info("peer.dial_failed", peer=target, error=str(exc) or type(exc).__name__,
-                                  retry_s=round(min(backoff.delay, FAST_REDIAL_S) if fast else backoff.delay, 2))
-                wait = backoff.next_wait()
-                await asyncio.sleep(min(wait, FAST_REDIAL_S) if fast else wait)
+                reason = failure_reason(exc)
+                await self._dial_failed(backoff, target, DIAL_REASONS.get(reason, reason),
+                                        str(exc) or type(exc).__name__, fast)
                 continue
-            if backoff.succeeded():
-                self.log.info("peer.restored", peer=target)
             peer = self._peer(FrameReader(reader, first_cap=UNPROVEN_MAX_FRAME), writer, inbound=False,
                               address=target, link=link)
             await self._run_peer(peer)
@@ -280,9 +284,15 @@ class Gossip:
                     return
                 # Someone at another address passed our own bytes back to us (a squatter on a
                 # member's address): no reason to give the address up, only to slow down.
-                if backoff.failed(time.monotonic()):
+                if backoff.failed(time.monotonic(), "reached-self"):
                     self.log.warning("peer.dial_reached_self", peer=target, retry_s=round(backoff.delay, 2))
                 await backoff.wait()
+                continue
+            if peer.hello is None and peer.close_reason in CLOSED_EARLY:
+                # Accepted, then closed before the handshake was done (a port that is no node's,
+                # a node turning strangers away unheard): a failed dial, logged and backed off as one.
+                reason = CLOSED_BEFORE_HELLO if not peer.claimed_key else "closed-in-handshake"
+                await self._dial_failed(backoff, target, reason, peer.close_detail or peer.close_reason, fast)
                 continue
             if peer.hello is not None:
                 backoff.reset()  # it worked once: come back quickly
@@ -292,6 +302,15 @@ class Gossip:
                 fast_until = time.monotonic() + FAST_REDIAL_FOR_S
                 continue
             await backoff.wait()
+
+    async def _dial_failed(self, backoff: Reconnect, target: str, reason: str, detail: str, fast: bool) -> None:
+        """Log a failed dial (the first, one with a new reason, then once a minute) and wait out the backoff."""
+        wait = backoff.next_wait()
+        wait = min(wait, FAST_REDIAL_S) if fast else wait
+        if backoff.failed(time.monotonic(), reason):
+            self.log.info("peer.dial_failed", peer=target, reason=reason, error=detail[:200],
+                          failures=backoff.failures, retry_s=round(wait, 2))
+        await asyncio.sleep(wait)
 
     def _is_own_address(self, address: Address) -> bool:
         """The dialled address is this node's own listener (a configuration slip, not an attack)."""
@@ -335,6 +354,9 @@ class Gossip:
         self.peers[peer.node_key] = peer
         self.alone_since = None
         self._peer_changed.set()
+        backoff = None if peer.inbound else self._dialling.get(peer.address)
+        if backoff is not None and backoff.succeeded():
+            self.log.info("peer.restored", peer=peer.address)
         self.log.info("peer.connected", peer=peer.listen_address, node_key=peer.node_key.hex()[:16],
                       name=peer.hello.name if peer.hello else "", inbound=peer.inbound, height=peer.height)
         if self.finality is not None:

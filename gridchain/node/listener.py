@@ -14,6 +14,13 @@ whose ClientHello arrives within a round trip of its connect, or an operator, wh
 does, is past the first stage before the next flood socket lands, and identified sockets are
 never evicted. Nothing about an evicted socket is remembered.
 
+In front of that budget, on Linux, the kernel holds each new connection until its first
+bytes arrive (``TCP_DEFER_ACCEPT``, up to DEFER_ACCEPT_S): a silent socket costs an entry in
+the listen queue, never an accept, and the flooder, whose connect has succeeded, waits on it
+instead of coming back for another as each is evicted. Every client of either port speaks
+first, so none waits for this; a socket still silent when the kernel lets it through meets
+the budget above.
+
 The first bytes are looked at without reading them (``MSG_PEEK``), before any transport or
 TLS object exists: a TLS record (0x16) gets the door's TLS context, anything else is a
 plaintext connection whose first bytes the door may route on (the hook where an HTTP request
@@ -40,7 +47,12 @@ FIRST_BYTES_TIMEOUT_S = 5.0
 TLS_HANDSHAKE_TIMEOUT_S = 5.0
 PEEK_BYTES = 8  # enough for a TLS record header or an HTTP method
 TLS_HANDSHAKE_RECORD = 0x16  # the first byte of every TLS connection (a handshake record)
-BACKLOG = 512  # the kernel's accept queue: a burst of connects waits there, not refused
+# The kernel's listen queue (capped by net.core.somaxconn): a burst of connects waits there, not
+# refused, and so do silent sockets while their accept is deferred; past it they come in at once.
+BACKLOG = 4096
+# How long the kernel may hold a connection that has sent nothing (rounded up to its SYN-ACK
+# retransmits: 5 s is about 7 s); a client speaks at once on connect, so only silence waits.
+DEFER_ACCEPT_S = FIRST_BYTES_TIMEOUT_S
 # Stages of an unidentified connection, least done first (the eviction order).
 SILENT, HANDSHAKING, UNPROVEN = 0, 1, 2
 EVICTION_LOG_INTERVAL_S = 10.0  # a flood is logged once per interval, not once per socket
@@ -126,6 +138,7 @@ class Listener:
             sock.listen(BACKLOG)
         else:
             sock = socket.create_server((self.host, self.port), backlog=BACKLOG, reuse_port=False)
+            _defer_accept(sock)
             self.port = sock.getsockname()[1]
         sock.setblocking(False)
         self._sock = sock
@@ -249,6 +262,15 @@ class Listener:
             slot.identified()
             if not handed_on:
                 conn.close()
+
+
+def _defer_accept(sock: socket.socket) -> None:
+    """Have the kernel hand over a connection only once its first bytes are in (Linux; elsewhere
+    the budget alone holds silent sockets off)."""
+    option = getattr(socket, "TCP_DEFER_ACCEPT", None)
+    if option is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, option, max(1, round(DEFER_ACCEPT_S)))
 
 
 def _has_bytes(conn: socket.socket | None) -> bool:

@@ -27,6 +27,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import socket
 import time
 import tracemalloc
 from dataclasses import dataclass
@@ -439,6 +440,9 @@ async def test_two_hundred_silent_connections_are_closed_and_configured_peers_st
     # Strangers have a budget of their own (docs/security.md: 16 unidentified connections on
     # the peer port); past it the oldest silent one is evicted, the rest wait out the first-bytes timeout.
     monkeypatch.setattr(listener, "FIRST_BYTES_TIMEOUT_S", 1.0)
+    # This is the budget behind the kernel's deferred accept (docs/security.md), which would
+    # otherwise hold these silent sockets for seconds before the node ever saw one.
+    arena.target.node.listener._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 0)
     budget = 16
     port = arena.target.config.port
     before = arena.snapshot()

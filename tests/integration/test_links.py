@@ -43,6 +43,7 @@ RELAY_ID = "Relay 1"
 IO_TIMEOUT_S = 5.0  # a node on loopback answers in milliseconds
 FLOOD_SOCKETS = 200  # per port, refilled as the node closes them
 FLOOD_SECONDS = 6.0
+FLOOD_RAMP_S = 1.0  # the flood opens its sockets within this
 STATUS_BOUND_S = 1.0  # each `status` during a flood answers within this
 JOIN_BOUND_S = 5.0  # a new member peers within this during a flood
 
@@ -300,9 +301,9 @@ async def test_silent_socket_floods_on_both_ports_lock_out_neither_a_member_nor_
     bob, carol = net.bob, net.carol
     flood = start_flood(bob.port, bob.api)
     try:
-        await wait_until(lambda: bob.node.listener.evicted > FLOOD_SOCKETS
-                         and sum(api.evicted for api in bob.node.api.listeners) > FLOOD_SOCKETS, 10,
-                         what="the flood to fill both budgets and be evicted")
+        # The kernel holds silent sockets until they speak (deferred accept, docs/security.md) and
+        # the budgets evict those it lets through: the flood is in place once its sockets are open.
+        await asyncio.sleep(FLOOD_RAMP_S)
         joined_at = time.monotonic()
         await start(carol, net.file, [bob.port], [])
         waits: list[float] = []
@@ -324,6 +325,7 @@ async def test_silent_socket_floods_on_both_ports_lock_out_neither_a_member_nor_
         evicted = (bob.node.listener.evicted, sum(api.evicted for api in bob.node.api.listeners))
     finally:
         counts = flood_counts(flood)
+    assert min(counts.get(bob.port, 0), counts.get(bob.api, 0)) >= FLOOD_SOCKETS, f"the flood opened {counts}"
     p99 = statistics.quantiles(waits, n=100)[98]
     print(f"floods of {FLOOD_SOCKETS} silent sockets on each port ({counts.get(bob.port)} + {counts.get(bob.api)} "
           f"opened, {evicted[0]} + {evicted[1]} evicted): carol peered in {joined:.2f} s; {len(waits)} status "

@@ -26,3 +26,29 @@ def test_failures_are_logged_at_most_once_a_minute_and_restored_once():
     logged = [backoff.failed(now) for now in (0.0, 1.0, 59.9, 60.0, 61.0, 120.5)]
     assert logged == [True, False, False, True, False, True]
     assert backoff.succeeded() and not backoff.succeeded()
+
+
+def test_a_failure_with_a_new_reason_is_logged_at_once_and_the_run_is_counted():
+    backoff = Reconnect(first_delay=0.25, max_delay=30.0)
+    logged = [backoff.failed(now, reason) for now, reason in
+              ((0.0, "closed"), (1.0, "closed"), (2.0, "refused"), (3.0, "refused"), (62.5, "refused"))]
+    assert logged == [True, False, True, False, True]
+    assert backoff.failures == 5
+    assert backoff.succeeded() and backoff.failures == 0
+
+
+def test_failure_reasons_are_named():
+    import asyncio
+    import socket
+    import ssl
+
+    from gridchain.consensus.errors import GridchainError
+    from gridchain.wire.reconnect import failure_reason
+
+    cases = [(ConnectionRefusedError(111, "refused"), "refused"), (TimeoutError(), "timeout"),
+             (ConnectionResetError(104, "reset"), "closed"), (ssl.SSLEOFError(8, "EOF"), "closed"),
+             (asyncio.IncompleteReadError(b"", 4), "closed"), (BrokenPipeError(), "closed"),
+             (ssl.SSLCertVerificationError(1, "certificate verify failed"), "tls-certificate"),
+             (ssl.SSLError(1, "bad record"), "tls-failed"), (socket.gaierror(-2, "unknown"), "unresolved"),
+             (OSError(113, "no route"), "unreachable"), (GridchainError("not-a-member", "x"), "not-a-member")]
+    assert [failure_reason(exc) for exc, _ in cases] == [name for _, name in cases]
