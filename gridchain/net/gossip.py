@@ -4,7 +4,7 @@ Gossip knows nothing of storage or validation. It talks to the node through a Ch
 (what our chain looks like, and a way to hand it blocks), and every message a peer delivers
 arrives at one ``on_<type>`` method here. The node's listener hands it the inbound
 connections whose first frame is a peer's (``accept``); it dials the configured peers itself.
-The handshake and keepalive are the sans-IO gridchain.net.protocol, sync progress is
+Dialling is gridchain.net.dialer; the handshake and keepalive are the sans-IO gridchain.net.protocol, sync progress is
 gridchain.net.sync, finality votes, evidence and certificates are gridchain.net.finality_gossip
 (attached on a network with members), and what each fault costs a peer is gridchain.net.penalties.
 """
@@ -22,45 +22,27 @@ import structlog
 
 from gridchain.config import DEFAULT_BAN_SECONDS, DEFAULT_REDIAL_MAX_S, Address
 from gridchain.consensus.block import Block, short_hash
-from gridchain.identity.tls import TlsError, TlsIdentity, TlsLink, peer_key, session_binding
+from gridchain.identity.tls import TlsIdentity, TlsLink
 from gridchain.net import sync as sync_rules
 from gridchain.net.answer_budget import REPEAT_BURST_BYTES, REPEAT_RATE_BYTES_S, AnswerBudget
+from gridchain.net.dialer import Dialer, linked_peer
 from gridchain.net.handshake import NONCE_SIZE
 from gridchain.net.messages import (
     MAX_BLOCKS_PER_MESSAGE, PROTOCOL_VERSION, BlockMessage, Blocks, GetBlocks, Hello, Reject, Tip, blocks_frame,
     decode_message, encode_message,
 )
 from gridchain.net.finality_gossip import AHEAD_FOR_SYNC, FinalityGossip, FinalityView
-from gridchain.net.peer import DEAD_LINK_REASONS, Peer
+from gridchain.net.peer import Peer
 from gridchain.net.penalties import BLOCK, cost_of
 from gridchain.net.protocol import ProtocolViolation
 from gridchain.wire.frames import encode_frame
-from gridchain.wire.reconnect import Reconnect, failure_reason
-from gridchain.wire.streams import READ_CHUNK, UNPROVEN_MAX_FRAME, FrameReader
+from gridchain.wire.streams import FrameReader
 
 log = structlog.get_logger()
 
 AGENT = "gridchain/0.1.0"
 # Tip announcements go out on every change and at least this often (the chain-length gossip).
 TIP_INTERVAL_S = 10.0
-# Redial backoff for configured peers: doubling from this first delay (capped by redial_max_s).
-DIAL_FIRST_DELAY_S = 0.25
-DIAL_TIMEOUT_S = 5.0
-# After a link died (``ping-timeout``: a cut, not a refusal) its peer is redialled at once and
-# then at least this often for FAST_REDIAL_FOR_S, each try bounded by FAST_DIAL_TIMEOUT_S: a
-# silent cut swallows SYNs, and the doubling backoff (with SYNs retried at 1 s, 3 s) would
-# otherwise find the healed path seconds late. A SYN a second to a few peers costs nothing.
-FAST_REDIAL_S = 0.5
-FAST_DIAL_TIMEOUT_S = 1.5
-FAST_REDIAL_FOR_S = 300.0
-# A dial the other side accepted, then closed before its hello (a port that is no node's): its reason.
-CLOSED_BEFORE_HELLO = "closed-before-hello"
-CLOSED_EARLY = frozenset({"closed", "peer-closed", "connection-lost"})  # how such a connection ends
-# failure_reason's names said as a dial's: a TLS handshake closed under our ClientHello, a
-# listener whose certificate no member key signed.
-DIAL_REASONS = {"closed": CLOSED_BEFORE_HELLO, "tls-certificate": "not-a-member"}
-# Host names that reach this machine's own listener when paired with its port.
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0"})
 # Tip announcements beyond this rate per peer are not processed at once (a flood is cheap to ignore).
 TIP_RATE_PER_S = 20.0
 TIP_BURST = 40
@@ -163,7 +145,7 @@ class Gossip:
         self._peer_changed = asyncio.Event()
         self.alone_since: float | None = time.monotonic()  # no ready peer since then (None: some)
         self._sync_held: dict[str, float] = {}  # peer listen address -> no sync from it before then
-        self._dialling: dict[str, Reconnect] = {}  # configured address -> its redial schedule
+        self.dialer = Dialer(self, tls=self.tls, port=port, redial_max_s=redial_max_s)
         self.finality: FinalityGossip | None = None  # votes and certificates (attach_finality)
         self.log = log.bind(node=name)
 
@@ -181,7 +163,7 @@ class Gossip:
         """Dial configured peers, announce the tip, watch sync; until cancelled."""
         async with asyncio.TaskGroup() as tasks:
             for address in self.configured:
-                tasks.create_task(self._dial_forever(address))
+                tasks.create_task(self.dialer.dial_forever(address))
             tasks.create_task(self._announce_periodically())
             tasks.create_task(self._watch_sync())
 
@@ -218,107 +200,36 @@ class Gossip:
     async def accept(self, frames: FrameReader, writer: asyncio.StreamWriter, address: str,
                      link: TlsLink | None = None) -> None:
         """Run an inbound peer connection (``link``: what its TLS handshake established, if TLS)."""
-        await self._run_peer(self._peer(frames, writer, inbound=True, address=address, link=link))
+        await self.run_peer(self._peer(frames, writer, inbound=True, address=address, link=link))
 
     def _peer(self, frames: FrameReader, writer: asyncio.StreamWriter, *, inbound: bool, address: str,
               link: TlsLink | None = None) -> Peer:
         return Peer(frames, writer, handler=self, hello=self.make_hello(), inbound=inbound, address=address,
                     sign=self.sign, members=self.members, decode=self.decode, link=link)
 
-    async def _open(self, address: Address) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, TlsLink | None]:
-        """Dial ``address``: TCP, then (with a network file) TLS 1.3 checked against the members."""
-        if self.tls is None:
-            reader, writer = await asyncio.open_connection(address.host, address.port, limit=READ_CHUNK)
-            return reader, writer, None
-        reader, writer = await asyncio.open_connection(address.host, address.port, limit=READ_CHUNK,
-                                                       ssl=self.tls.context("peer-client"),
-                                                       ssl_handshake_timeout=DIAL_TIMEOUT_S)
-        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
-        try:
-            key = peer_key(der)
-            if key not in self.tls.members:
-                raise TlsError("not-a-member", f"certificate key {key.hex()[:16]} is not in the network file")
-        except TlsError:
-            writer.transport.abort()
-            raise
-        return reader, writer, TlsLink(peer_key=key, binding=session_binding(self.tls.cert_der, der))
+    def outbound_peer(self, frames: FrameReader, writer: asyncio.StreamWriter, address: str,
+                      link: TlsLink | None) -> Peer:
+        """A connection the dialler opened to ``address``, for ``run_peer``."""
+        return self._peer(frames, writer, inbound=False, address=address, link=link)
 
-    async def _run_peer(self, peer: Peer) -> None:
+    async def run_peer(self, peer: Peer) -> None:
         self.connections.add(peer)
         try:
             await peer.run()
         finally:
             self.connections.discard(peer)
 
-    async def _dial_forever(self, address: Address) -> None:
-        backoff = Reconnect(first_delay=DIAL_FIRST_DELAY_S, max_delay=self.redial_max_s)
-        target = str(address)
-        self._dialling[target] = backoff  # on_peer_ready logs peer.restored when a link ends a failing run
-        fast_until = 0.0  # redial fast until then: the last link to this peer died (FAST_REDIAL_S)
-        while True:
-            if self._connected_to(target) or self.is_banned(target):
-                self._peer_changed.clear()
-                try:
-                    async with asyncio.timeout(1.0):
-                        await self._peer_changed.wait()
-                except TimeoutError:
-                    pass
-                continue
-            fast = time.monotonic() < fast_until
-            try:
-                async with asyncio.timeout(FAST_DIAL_TIMEOUT_S if fast else DIAL_TIMEOUT_S):
-                    reader, writer, link = await self._open(address)
-            except (OSError, TimeoutError, TlsError) as exc:
-                reason = failure_reason(exc)
-                await self._dial_failed(backoff, target, DIAL_REASONS.get(reason, reason),
-                                        str(exc) or type(exc).__name__, fast)
-                continue
-            peer = self._peer(FrameReader(reader, first_cap=UNPROVEN_MAX_FRAME), writer, inbound=False,
-                              address=target, link=link)
-            await self._run_peer(peer)
-            if peer.protocol.found_self:
-                # Proven, not told: the listener signed this connection's nonces with our own
-                # key. An echo or a mere `reject self` from the other end never gets here.
-                if self._is_own_address(address):
-                    self.log.info("peer.dial_stopped", peer=target, reason="self")
-                    return
-                # Someone at another address passed our own bytes back to us (a squatter on a
-                # member's address): no reason to give the address up, only to slow down.
-                if backoff.failed(time.monotonic(), "reached-self"):
-                    self.log.warning("peer.dial_reached_self", peer=target, retry_s=round(backoff.delay, 2))
-                await backoff.wait()
-                continue
-            if peer.hello is None and peer.close_reason in CLOSED_EARLY:
-                # Accepted, then closed before the handshake was done (a port that is no node's,
-                # a node turning strangers away unheard): a failed dial, logged and backed off as one.
-                reason = CLOSED_BEFORE_HELLO if not peer.claimed_key else "closed-in-handshake"
-                await self._dial_failed(backoff, target, reason, peer.close_detail or peer.close_reason, fast)
-                continue
-            if peer.hello is not None:
-                backoff.reset()  # it worked once: come back quickly
-            if peer.close_reason in DEAD_LINK_REASONS:
-                # The path died under a working link (a cut, a frozen host): no reason to wait
-                # before the first try, and every reason to keep trying briskly for a while.
-                fast_until = time.monotonic() + FAST_REDIAL_FOR_S
-                continue
-            await backoff.wait()
+    def linked_to(self, address: str) -> bool:
+        return linked_peer(address, self.peers.values()) is not None
 
-    async def _dial_failed(self, backoff: Reconnect, target: str, reason: str, detail: str, fast: bool) -> None:
-        """Log a failed dial (the first, one with a new reason, then once a minute) and wait out the backoff."""
-        wait = backoff.next_wait()
-        wait = min(wait, FAST_REDIAL_S) if fast else wait
-        if backoff.failed(time.monotonic(), reason):
-            self.log.info("peer.dial_failed", peer=target, reason=reason, error=detail[:200],
-                          failures=backoff.failures, retry_s=round(wait, 2))
-        await asyncio.sleep(wait)
-
-    def _is_own_address(self, address: Address) -> bool:
-        """The dialled address is this node's own listener (a configuration slip, not an attack)."""
-        return address.port == self.port and address.host in LOOPBACK_HOSTS
-
-    def _connected_to(self, address: str) -> bool:
-        return any(p.listen_address == address or (not p.inbound and p.address == address)
-                   for p in self.peers.values())
+    async def peers_changed(self, timeout: float) -> None:
+        """Wait until a peer comes or goes, or ``timeout`` seconds."""
+        self._peer_changed.clear()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._peer_changed.wait()
+        except TimeoutError:
+            pass
 
     # --- handshake (called by Peer) ---------------------------------------------------------
     def make_hello(self) -> Hello:
@@ -354,8 +265,7 @@ class Gossip:
         self.peers[peer.node_key] = peer
         self.alone_since = None
         self._peer_changed.set()
-        backoff = None if peer.inbound else self._dialling.get(peer.address)
-        if backoff is not None and backoff.succeeded():
+        if not peer.inbound and self.dialer.restored(peer.address):
             self.log.info("peer.restored", peer=peer.address)
         self.log.info("peer.connected", peer=peer.listen_address, node_key=peer.node_key.hex()[:16],
                       name=peer.hello.name if peer.hello else "", inbound=peer.inbound, height=peer.height)

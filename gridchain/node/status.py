@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 
 from gridchain.consensus.block import short_hash
 from gridchain.consensus.chain import ChainEntry
+from gridchain.net.dialer import linked_peer
 from gridchain.net.peer import Peer
 
 
@@ -40,16 +41,6 @@ def peer_rows(peers: Iterable[Peer], now: float) -> list[dict]:
 
 
 # --- configured peers ---------------------------------------------------------------------------
-def linked_peer(address: str, peers: Iterable[Peer]) -> Peer | None:
-    """The ready link to the configured peer at ``address``, if one is up: a link whose peer listens
-    there (its hello's port on the socket's host), or one this node dialled to that address. The
-    same test as gossip's before it dials (gridchain.net.gossip.Gossip._connected_to)."""
-    for peer in peers:
-        if peer.listen_address == address or (not peer.inbound and peer.address == address):
-            return peer
-    return None
-
-
 def configured_links(configured: Iterable[object], peers: Iterable[Peer]) -> dict[str, Peer | None]:
     """Each configured address (``Address`` or text) and its ready link, None when it has none."""
     ready = list(peers)

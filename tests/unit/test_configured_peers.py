@@ -11,8 +11,9 @@ from types import SimpleNamespace
 from gridchain.cli.commands.chain import print_status
 from gridchain.config import Address, NodeConfig
 from gridchain.node.observability import Observability
+from gridchain.net.dialer import linked_peer
 from gridchain.node.status import (
-    ConfiguredPeerBook, NodeFacts, build_status, configured_links, linked_peer,
+    ConfiguredPeerBook, NodeFacts, build_status, configured_links,
 )
 
 ROW_KEYS = {"address", "connected", "name", "node_key", "since_s", "last_connected_s_ago"}
