@@ -79,6 +79,11 @@ How the node uses this (the API; the networking and storage sit above it):
 - Sync: ``adopt_finality(cert, ancestor_at)`` with the newest finality certificate of a
   batch of blocks; the older ones need no check to be safe (their checkpoints are ancestors
   of the newest, which no reorg may go below), so a fresh node checks one per batch.
+- Coming back: a member that missed the votes of a justification chain counts the others'
+  later votes without settling them (their sources are not justified in its view); once two
+  rounds' quorum links ``S -> next(S)`` were so counted, ``unsettled_finality()`` hands out
+  the newest, to be adopted as a peer's finality certificate would be. Same trust as a
+  sync's certificate: the same signatures, only gathered here.
 - Voting: VoterGuard (finality_guard.py). Archiving: finality_note.py.
 """
 
@@ -108,6 +113,10 @@ __all__ = [  # the one import point for the node: these and FinalityState below
     "make_note", "parse_note", "sign_vote", "verify_certificate", "verify_finality", "verify_note",
     "verify_vote", "with_block",
 ]
+
+# Votes peek_vote checked and add_vote has not taken yet: gossip peeks at a vote and adds it
+# at once, so a handful; the bound is for a caller that peeks without adding.
+PEEKED_VOTES = 256
 
 COUNTED, DUPLICATE, UNKNOWN, BAD_LINK, STALE, CAUGHT, CONFLICTS = (
     "counted", "duplicate", "unknown-checkpoint", "bad-link", "stale", "caught", "conflicts-finalized")
@@ -160,6 +169,9 @@ class FinalityState:
         self._history: dict[bytes, VoteHistory] = {}
         self._evidence: dict[bytes, Evidence] = {}
         self._conflicts: set[Checkpoint] = set()
+        # Quorum links S -> next(S) counted while S was not justified here (unsettled_finality).
+        self._unsettled: dict[tuple[Checkpoint, Checkpoint], None] = {}
+        self._peeked: dict[Vote, None] = {}  # votes peek_vote verified, not yet added
         self._floor = 0
 
     # --- what the node shows and decides with --------------------------------------------
@@ -204,6 +216,26 @@ class FinalityState:
 
     def finality_of(self, checkpoint: Checkpoint) -> Certificate | None:
         return self._finalizing.get(checkpoint)
+
+    def unsettled_finality(self) -> list[Certificate]:
+        """A finality certificate this view holds the votes of but cannot apply, once it is
+        clear the view fell behind: quorums for ``S -> next(S)`` above the finalized checkpoint
+        whose source ``S`` is not justified here, for two or more sources (two rounds of the
+        others finalizing without us: the votes of the justification chain were cast while
+        this node was away, or more of them than a greeting carries). One round alone is the
+        common race of a vote outrunning the votes that justify its source, which settles by
+        the rules a moment later. Returns the newest such certificate (the older ones are its
+        ancestors' and go with it) and forgets them all; empty otherwise. The node adopts it
+        as it would the same certificate from a peer (``adopt_finality``)."""
+        for link in [link for link in self._unsettled
+                     if link[0] in self._justified or link[0].height <= self._finalized.height]:
+            del self._unsettled[link]  # settled meanwhile, or passed by finality
+        if len({source for source, _ in self._unsettled}) < 2:
+            return []
+        source, target = max(self._unsettled)
+        self._unsettled.clear()
+        cert = self.certificate(source, target)
+        return [] if cert is None else [cert]
 
     def highest_justified(self, tip_hash: bytes, tip_height: int, ancestor_at: AncestorAt) -> Checkpoint:
         """The highest justified checkpoint on the branch ending at the tip: fork choice's first key."""
@@ -275,12 +307,32 @@ class FinalityState:
         self._evidence[evidence.voter] = evidence
         return FinalityUpdate(COUNTED, evidence=(evidence,))
 
+    def peek_vote(self, vote: Vote, ancestor_at: AncestorAt) -> str:
+        """The status ``add_vote`` would give ``vote`` now, changing nothing; raises its
+        FinalityError for an invalid vote. What gossip decides to pass a vote on by, before
+        the node counts and stores it."""
+        signers = self._links.get(vote.link)
+        if signers is not None and signers.get(vote.voter) == vote.signature:
+            return DUPLICATE
+        verify_vote(self.params, vote)
+        self._peeked[vote] = None  # its add_vote, right after, need not check the signature again
+        while len(self._peeked) > PEEKED_VOTES:
+            del self._peeked[next(iter(self._peeked))]
+        if vote.target.height < self._floor:
+            return STALE
+        if vote.voter in self._evidence:
+            return CAUGHT
+        if signers is not None and vote.voter in signers:
+            return DUPLICATE
+        return self._check_link(vote, ancestor_at) or COUNTED
+
     def add_vote(self, vote: Vote, ancestor_at: AncestorAt, verified: bool = False) -> FinalityUpdate:
         """Count one vote; raises FinalityError if it is not a valid member vote (verify_vote)."""
         signers = self._links.get(vote.link)
         if signers is not None and signers.get(vote.voter) == vote.signature:
             return FinalityUpdate(DUPLICATE)  # the common case of gossip: no signature check
-        if not verified:
+        peeked = self._peeked.pop(vote, False) is None  # peek_vote checked it just now
+        if not (verified or peeked):
             verify_vote(self.params, vote)
         if vote.target.height < self._floor:
             return FinalityUpdate(STALE)
@@ -296,8 +348,12 @@ class FinalityState:
         signers[vote.voter] = vote.signature
         self._targets_of.setdefault(vote.source, set()).add(vote.target)
         changes = _Changes()
-        if len(signers) == self.params.quorum and vote.source in self._justified:
-            self._settle(vote.source, ancestor_at, changes)
+        if len(signers) == self.params.quorum:
+            if vote.source in self._justified:
+                self._settle(vote.source, ancestor_at, changes)
+            elif vote.target.height == vote.source.height + self.params.checkpoint_interval and \
+                    vote.source.height > self._finalized.height:
+                self._unsettled[vote.link] = None  # one per finalizing link above finality; pruned with it
         return FinalityUpdate(COUNTED, tuple(changes.justified), tuple(changes.finalized), evidence,
                               tuple(changes.conflicts))
 
@@ -308,6 +364,8 @@ class FinalityState:
         if floor <= self._floor:
             return
         self._floor = floor
+        for link in [link for link in self._unsettled if link[1].height < floor]:
+            del self._unsettled[link]
         for link in [link for link in self._links if link[1].height < floor]:
             del self._links[link]
             targets = self._targets_of.get(link[0])

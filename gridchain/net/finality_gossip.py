@@ -3,9 +3,11 @@
 Gossip (gossip.py) hands the finality messages a peer delivers to ``FinalityGossip``, which
 knows nothing of storage or rules: it talks to the node through a ``FinalityView`` (the
 node's voter, gridchain.node.voter) that checks and counts what arrives, and it floods on
-what the view took. Each vote and each piece of evidence is looked at once: a bounded
-seen-set of their exact bytes (not of a hash a forger could pick) drops the copies every
-other peer relays, before any signature is checked.
+what the view took: a vote as soon as it is checked, before the view counts and stores it
+(a store write is a disk sync; only a member's own vote must be durable before it travels).
+Each vote and each piece of evidence is looked at once: a bounded seen-set of their exact
+bytes (not of a hash a forger could pick) drops the copies every other peer relays, before
+any signature is checked.
 
 What a peer's message costs it is gridchain.net.penalties' FINALITY table: a vote that fails
 a check anyone can make with the member list (a forged signature, a non-member voter, bad
@@ -40,7 +42,10 @@ AHEAD_FOR_SYNC = 2
 class FinalityView(Protocol):
     """What finality gossip needs from the node (gridchain.node.voter.Voter)."""
 
-    # The vote's status (counted, duplicate, unknown-checkpoint, ...); FinalityError if invalid.
+    # What counting the vote would say (counted, duplicate, unknown-checkpoint, ...), nothing
+    # counted yet; FinalityError if invalid.
+    def check_vote(self, vote: Vote) -> str: ...
+    # Count and store the vote; its status.
     def receive_vote(self, vote: Vote, peer: str) -> str: ...
     # True when the evidence is new to us (to be passed on); FinalityError if it proves nothing.
     def receive_evidence(self, evidence: Evidence, peer: str) -> bool: ...
@@ -72,14 +77,20 @@ class FinalityGossip:
             return
         self.seen_votes.add(raw)
         try:
-            status = self.view.receive_vote(vote, peer.listen_address)
+            status = self.view.check_vote(vote)
         except FinalityError as exc:
             self._judge(exc)
             return
+        # Passed on once checked, before it is counted: counting writes it to the store (a
+        # sync), and only our own votes must be durable before they travel.
         if status in RELAYED:
             self._flood(VoteMessage(vote), source=peer)
         if status == "unknown-checkpoint" and self.behind is not None:
             self.behind(peer, vote.target.height)
+        try:
+            self.view.receive_vote(vote, peer.listen_address)
+        except FinalityError as exc:  # checked just now: only a bug gets here
+            self._judge(exc)
 
     async def on_evidence(self, peer: Peer, message: EvidenceMessage) -> None:
         raw = message.evidence.encode()

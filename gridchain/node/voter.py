@@ -7,12 +7,16 @@ what a running node does with it:
 - **Voting** (members only). After a block on the main chain is fully validated and
   committed (``tip_moved``), the VoterGuard, restored at start from the member's own stored
   votes, names the next link to vote for. The vote is signed with the node key, remembered by
-  the guard, written durably by ``Ledger.record_own_vote`` (fsync) and only then counted and
-  sent to every peer. A member killed anywhere in that order restarts with every vote it may
+  the guard, written durably by ``Ledger.record_own_vote`` (fsync) and only then sent to
+  every peer and counted. A member killed anywhere in that order restarts with every vote it may
   have sent, so it can never sign a conflicting one; its newest vote is sent again to each
   peer as the link comes up (a resend is no conflict).
-- **Receiving** (gridchain.net.finality_gossip.FinalityView): votes to ``Ledger.add_vote``,
-  certificates to ``Ledger.add_certificate``, evidence checked and its votes fed to the ledger.
+- **Receiving** (gridchain.net.finality_gossip.FinalityView): votes checked
+  (``check_vote``, for gossip to pass on at once) then to ``Ledger.add_vote``, certificates
+  to ``Ledger.add_certificate``, evidence checked and its votes fed to the ledger. Quorums
+  of votes for finalizing links whose source is not justified here, two rounds of them (a
+  member back from being away, short of a justification chain), are adopted as the newest
+  one's finality certificate (FinalityState.unsettled_finality).
 - **Reporting**, once each: ``finality.finalized`` (height, hash, signers) when the newest
   finalized checkpoint moves, ``member.equivocation`` (an alert) with the evidence gossiped,
   and ``finality.safety_broken`` / ``finality.safety_at_risk`` (errors) when more members
@@ -37,9 +41,13 @@ from gridchain.ledger.store import StoreError
 
 TEST_EXIT_AFTER_VOTE = "GRIDCHAIND_TEST_EXIT_AFTER_VOTE"
 TEST_EXIT_STATUS = 75  # what the crash hook exits with: not a status the node uses otherwise
-# Certificates in a greeting: the finality one and the justified links above it (votes keep
-# those within a checkpoint or two of the tip; a cap for a chain that stopped finalizing).
-GREETING_CERTIFICATES = 16
+# Justification certificates in a greeting, after the finality one: one `certificates`
+# message holds 64 (net.messages). Votes keep the chain a checkpoint or two long; a chain
+# justifying without finalizing (a member away, forks) grows it, and a peer given only its
+# lower part follows finality again within two rounds anyway (FinalityState.unsettled_finality).
+GREETING_CERTIFICATES = 63
+# Justified checkpoints walked down from the highest when building a greeting's chain.
+GREETING_WALK = 4 * GREETING_CERTIFICATES
 # Checkpoints looked down from the end of a sync batch for a finality certificate to send beside
 # it; finality follows the tip by a checkpoint or two, so a few suffice.
 SYNC_CERT_LOOKBACK = 16
@@ -76,6 +84,7 @@ class Voter:
         self.finalized: Checkpoint = ledger.finalized
         self.finalized_at = time.monotonic()
         self.votes_cast = 0
+        self._adopting = False  # inside _adopt_unsettled: its own reports adopt nothing more
         self.safety = "ok"  # "ok", "at-risk" or "broken": the worst said so far
         exit_after = (env if env is not None else os.environ).get(TEST_EXIT_AFTER_VOTE)
         self._exit_after = int(exit_after) if exit_after else None
@@ -112,8 +121,9 @@ class Voter:
                       target_hash=target.hash.hex()[:16])
         if self._exit_after is not None and self.votes_cast >= self._exit_after:
             os._exit(TEST_EXIT_STATUS)  # the crash test: written, never sent
-        self._count(vote)
+        # Durable already (own_vote): sent before it is counted, whose write is one more sync.
         self.broadcast_vote(vote)
+        self._count(vote)
         return vote
 
     def _count(self, vote: Vote) -> None:
@@ -126,6 +136,14 @@ class Voter:
             self.log.error("store.error", reason=exc.reason, detail=str(exc))
 
     # --- what peers send (net.finality_gossip.FinalityView) -----------------------------------
+    def check_vote(self, vote: Vote) -> str:
+        """What counting ``vote`` would say (FinalityState.peek_vote), with nothing counted or
+        written yet; FinalityError if it is invalid. "finality-off" on an open network."""
+        state = self.ledger.finality_state
+        if state is None:
+            raise FinalityError("finality-off", "an open network has no members, so no finality")
+        return state.peek_vote(vote, self.ledger.ancestor_at)
+
     def receive_vote(self, vote: Vote, peer: str) -> str:
         tip_before = self.ledger.tip
         try:
@@ -199,15 +217,24 @@ class Voter:
             cert = self.ledger.certificate_for(finalized.hash)
             if cert is not None:
                 certificates.append(cert)
-        # The links that justified the checkpoints above it on our main chain: with them a
-        # peer that missed those votes counts the next round's votes as we do.
-        state = self.ledger.finality_state
-        above = [c for c in (state.justified if state is not None else ()) if c.height > finalized.height]
-        for checkpoint in above[:GREETING_CERTIFICATES]:
+        # The chain starts with the finality certificate itself (it justified the next checkpoint).
+        return votes, certificates + [c for c in self._justification_chain(finalized) if c not in certificates]
+
+    def _justification_chain(self, finalized: Checkpoint) -> list[Certificate]:
+        """The links that justified our highest justified main-chain checkpoint, each from the
+        one below, down to the finalized checkpoint; lowest first (a peer can use a chain only
+        from its foot), at most GREETING_CERTIFICATES. With them a peer that missed those votes
+        votes from the same source as we do and counts the next round's votes."""
+        chain = []
+        checkpoint = self.ledger.justified
+        while checkpoint.height > finalized.height and len(chain) < GREETING_WALK:
             cert = self.ledger.justification_for(checkpoint.hash)
-            if cert is not None:
-                certificates.append(cert)
-        return votes, certificates
+            if cert is None:
+                break
+            chain.append(cert)
+            checkpoint = cert.source
+        chain.reverse()
+        return chain[:GREETING_CERTIFICATES]
 
     # --- reporting ---------------------------------------------------------------------------
     def check_progress(self) -> None:
@@ -225,6 +252,34 @@ class Voter:
     def _report(self, update: FinalityUpdate | None, tip_before, gossip: bool = True) -> None:
         if update is None:
             return
+        self._show(update, tip_before, gossip)
+        if not self._adopting:
+            self._adopting = True
+            try:
+                self._adopt_unsettled()
+            finally:
+                self._adopting = False
+
+    def _adopt_unsettled(self) -> None:
+        """Adopt a finality certificate whose votes we hold but whose source is not justified
+        here (FinalityState.unsettled_finality): a member back from being away, or short of a
+        justification chain, follows finality again within two of the others' rounds."""
+        state = self.ledger.finality_state
+        if state is None:
+            return
+        for cert in state.unsettled_finality():
+            tip_before = self.ledger.tip
+            try:
+                update = self.ledger.add_certificate(cert, self.now_ms())
+            except FinalityError as exc:  # votes we counted already: only a bug gets here
+                self.log.error("finality.adoption_refused", reason=exc.reason, detail=exc.detail)
+                continue
+            except StoreError as exc:
+                self.log.error("store.error", reason=exc.reason, detail=str(exc))
+                return
+            self._show(update, tip_before, True)
+
+    def _show(self, update: FinalityUpdate, tip_before, gossip: bool) -> None:
         reorg = getattr(update, "reorg", None)
         if reorg is not None and tip_before is not None:
             self.on_reorg(reorg, tip_before)
