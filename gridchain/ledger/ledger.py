@@ -584,7 +584,10 @@ class Ledger:
             try:
                 change = None if result is None else self._main_change(result, {})
                 reorg = None if result is None else LedgerUpdate(result, self._displaced(result, {}))
-                self.store.commit((), [change] if change else [], rows)
+                if change is None and _votes_only(rows):
+                    self.store.commit_votes(rows)
+                else:
+                    self.store.commit((), [change] if change else [], rows)
             except BaseException:
                 if result is not None:
                     self.chain.undo_reconsider(result)
@@ -618,3 +621,9 @@ class Ledger:
     def _on_main(self, checkpoint: Checkpoint) -> bool:
         entry = self.chain.main_at(checkpoint.height)
         return entry is not None and entry.hash == checkpoint.hash
+
+
+def _votes_only(rows: FinalityWrite) -> bool:
+    """Rows holding nothing but votes (no certificate, evidence, pruning or finality step)."""
+    return bool(rows.votes) and not (rows.certificates or rows.evidence or rows.pruned
+                                     or rows.finalized_height is not None)

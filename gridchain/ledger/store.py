@@ -196,10 +196,17 @@ class Store:
 
     # --- writing -------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def transaction(self, doing: str) -> Iterator[None]:
-        """One write transaction; any failure rolls it back and raises StoreError."""
+    def transaction(self, doing: str, *, synced: bool = True) -> Iterator[None]:
+        """One write transaction; any failure rolls it back and raises StoreError.
+
+        ``synced=False``: the commit is not synced to disk by itself (synchronous=NORMAL for
+        it): it survives the process dying, and the next synced commit makes it survive a
+        power loss too. For rows a peer can hand us again (other members' votes), never for
+        blocks, the tip, certificates or this member's own vote."""
         next_seq = self._next_seq
         try:
+            if not synced:
+                self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 yield
@@ -212,6 +219,10 @@ class Store:
                 raise
         except sqlite3.Error as exc:
             raise store_error(exc, doing) from None
+        finally:
+            if not synced:
+                with contextlib.suppress(sqlite3.Error):
+                    self.db.execute("PRAGMA synchronous=FULL")
 
     def commit(self, blocks: Sequence[Block], changes: Sequence[MainChange] = (),
                finality: FinalityWrite | None = None, raws: Mapping[bytes, bytes] | None = None) -> None:
@@ -222,6 +233,14 @@ class Store:
         stored as they are; a block missing from it is encoded here."""
         for _ in self.commit_steps(blocks, changes, finality, raws):
             pass
+
+    def commit_votes(self, finality: FinalityWrite) -> None:
+        """Store finality rows that are only other members' votes, unsynced (``transaction``):
+        a member counts each vote it receives, and a synced commit apiece was most of its
+        time in a round with many members. A vote lost to a power cut comes back in a peer's
+        greeting; whatever the votes made (a certificate) is written synced."""
+        with self.transaction("storing votes", synced=False):
+            finality_store.write(self.db, finality)
 
     def commit_steps(self, blocks: Sequence[Block], changes: Sequence[MainChange] = (),
                      finality: FinalityWrite | None = None, raws: Mapping[bytes, bytes] | None = None

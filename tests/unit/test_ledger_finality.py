@@ -125,6 +125,37 @@ def test_finality_and_pending_votes_survive_a_reopen(ledger):
         ledger.close()
 
 
+def test_a_peers_vote_is_stored_unsynced_and_what_it_makes_synced(ledger):
+    """Other members' votes are written without a sync of their own (a peer can send them again);
+    the certificate a quorum makes, and the member's own vote, are synced commits."""
+    finalized_line(ledger, 2, Relay())
+    add_line(ledger, 1, Relay(start_seq=13))
+    modes = []  # the synchronous level each write transaction committed with
+
+    def on_commit(text: str) -> None:
+        if text == "COMMIT":
+            modes.append(ledger.store.db.execute("PRAGMA synchronous").fetchone()[0])
+
+    ledger.store.db.set_trace_callback(on_commit)
+    source, target = ledger.justified, cp(ledger.tip)
+    assert ledger.add_vote(vote(0, source, target), NOW_MS).status == "counted"
+    assert ledger.add_vote(vote(1, source, target), NOW_MS).status == "counted"
+    change = ledger.add_vote(vote(2, source, target), NOW_MS)
+    assert change.justified and change.finalized
+    own = vote(3, source, target)
+    ledger.record_own_vote(own)
+    ledger.store.db.set_trace_callback(None)
+    NORMAL, FULL = 1, 2
+    assert modes == [NORMAL, NORMAL, FULL, FULL], modes
+    assert ledger.store.db.execute("PRAGMA synchronous").fetchone()[0] == FULL, "the connection stays synced"
+    ledger = reopen(ledger)
+    try:
+        assert ledger.finalized == source and ledger.own_votes() == [own]
+        assert count(ledger, "votes") >= 3
+    finally:
+        ledger.close()
+
+
 def test_fork_choice_by_justification_survives_a_reopen(ledger):
     first = add_line(ledger, 1, Relay())[0]
     light = add_line(ledger, 2, Relay("relay-a"))
