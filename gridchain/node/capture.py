@@ -60,6 +60,11 @@ MAX_DISPLACED_READINGS = 4 * MAX_READINGS_PER_BLOCK
 # really on its own still records the relay's readings after this short wait (one capture
 # at most, at the default interval); one with no peers configured never waits.
 CUT_OFF_GRACE_S = 2.0
+# A node syncing from a peer this many blocks or more ahead of it skips its captures until the
+# sync ends: a block on its old tip would be a stale fork (and a vote for it wasted). A peer
+# that only claims a long chain holds this up no longer than sync's own stall limits allow;
+# the relay keeps every reading meanwhile, so the next capture takes them all.
+SYNC_BEHIND_BLOCKS = 10
 
 Run = tuple[Seal, tuple[Reading, ...]]
 
@@ -247,6 +252,7 @@ class CaptureHost(Protocol):
 
     def connected_peers(self) -> int: ...
     def cut_off_s(self) -> float | None: ...  # none of its configured peers ready for so long (None: not cut off)
+    def blocks_behind(self) -> int: ...  # how far the peer it is syncing from is ahead (0: not syncing)
     def accept_own_block(self, block: Block, mined_ms: float) -> None: ...
 
 
@@ -302,6 +308,10 @@ class CaptureTask:
         if cut_off is not None and cut_off < CUT_OFF_GRACE_S:
             self.log.info("capture.waiting_for_peers", have=0, reason="cut-off", seconds=round(cut_off, 2),
                           grace_s=CUT_OFF_GRACE_S)
+            return
+        behind = self.host.blocks_behind()
+        if behind >= SYNC_BEHIND_BLOCKS:
+            self.log.info("capture.waiting_for_sync", blocks_behind=behind)
             return
         seen: set[str] = set()
         for watch in self.watches:

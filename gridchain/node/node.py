@@ -268,6 +268,11 @@ class Node:
             return None
         return time.monotonic() - alone_since
 
+    def blocks_behind(self) -> int:
+        """How many blocks the peer we are syncing from claims beyond our tip (0: not syncing)."""
+        peer = self.gossip.sync_peer
+        return 0 if peer is None else max(0, peer.height - self.ledger.height)
+
     def accept_own_block(self, block: Block, mined_ms: float) -> None:
         tip_before = self.ledger.tip
         update = self.chain.add_own_block(block)

@@ -157,12 +157,16 @@ class Host:
         self.task: CaptureTask | None = None
         self.mined: list = []
         self.cut_off: float | None = None  # seconds without any configured peer ready (None: not cut off)
+        self.behind = 0  # blocks the peer it syncs from is ahead
 
     def connected_peers(self) -> int:
         return 0
 
     def cut_off_s(self) -> float | None:
         return self.cut_off
+
+    def blocks_behind(self) -> int:
+        return self.behind
 
     def accept_own_block(self, block, mined_ms: float) -> None:
         update = self.ledger.add_block(block, NOW_MS)
@@ -207,6 +211,21 @@ async def test_a_node_just_cut_off_from_its_peers_waits_a_grace_before_mining(le
     assert host.mined == []
     assert [e["reason"] for e in logs if e["event"] == "capture.waiting_for_peers"] == ["cut-off"]
     host.cut_off = CUT_OFF_GRACE_S  # on its own for longer: it records the relay's readings
+    await task.capture_once()
+    task.miner.shutdown()
+    assert [(b.capture.first_seq, b.capture.last_seq) for b in host.mined] == [(1, 6)]
+
+
+async def test_a_node_syncing_far_behind_a_peer_does_not_mine_on_its_old_tip(ledger):
+    from gridchain.node.capture import SYNC_BEHIND_BLOCKS
+    relay = FakeRelay([reading(i) for i in range(1, 7)])
+    task, host = task_for(ledger, relay)
+    host.behind = SYNC_BEHIND_BLOCKS  # back from a long absence: the others are far ahead
+    with capture_logs() as logs:
+        await task.capture_once()
+    assert host.mined == [] and relay.reads == [], "it neither mined nor asked the relay"
+    assert [e["blocks_behind"] for e in logs if e["event"] == "capture.waiting_for_sync"] == [SYNC_BEHIND_BLOCKS]
+    host.behind = SYNC_BEHIND_BLOCKS - 1  # a block or two behind is the ordinary race: it mines
     await task.capture_once()
     task.miner.shutdown()
     assert [(b.capture.first_seq, b.capture.last_seq) for b in host.mined] == [(1, 6)]
