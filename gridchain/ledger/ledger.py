@@ -206,16 +206,22 @@ class Ledger:
         shows the new tip, and the store (on this connection) the rows written so far; any
         other write (``finish_sliced``) first does the rest at once. Let only one run at a time."""
         self.finish_sliced()
-        job = self._stepping = Steps(self._add_block_steps(block, now_ms, encoded_size))
         try:
-            updates = [await job.run_sliced()]
+            updates = [await self._run_sliced(self._add_block_steps(block, now_ms, encoded_size))]
         except RuleViolation as exc:
             self._pool_if_orphan(block, exc)
             raise
+        return updates + self._connect_orphans([block.hash], now_ms)
+
+    async def _run_sliced(self, steps):
+        """Run a generator of ledger steps a slice at a time (the one sliced job at a time:
+        any other write finishes it first, ``finish_sliced``)."""
+        job = self._stepping = Steps(steps)
+        try:
+            return await job.run_sliced()
         finally:
             if self._stepping is job:
                 self._stepping = None
-        return updates + self._connect_orphans([block.hash], now_ms)
 
     def finish_sliced(self) -> None:
         """Finish at once a block ``add_block_sliced`` is still adding: called before any other
@@ -293,13 +299,7 @@ class Ledger:
         sync batch (hundreds of blocks linked, a reorg of any depth it causes, one commit)
         never holds the loop for long, and the loop runs while the threads check signatures."""
         self.finish_sliced()
-        job = self._stepping = Steps(self._add_blocks_steps(blocks, now_ms, raws, checks))
-        try:
-            run = await job.run_sliced()
-        finally:
-            if self._stepping is job:
-                self._stepping = None
-        return self._after_run(run, now_ms)
+        return self._after_run(await self._run_sliced(self._add_blocks_steps(blocks, now_ms, raws, checks)), now_ms)
 
     def _add_blocks_steps(self, blocks: Sequence[Block], now_ms: int, raws: Sequence[bytes] | None,
                           checks: BatchChecks | None):
@@ -441,23 +441,41 @@ class Ledger:
         """Verify, count, store and apply a member's vote (module docstring); raises
         FinalityError for an invalid vote and StoreError if its step cannot be written."""
         self.finish_sliced()
+        return exhaust(self._vote_steps(vote, now_ms))
+
+    async def add_vote_sliced(self, vote: Vote, now_ms: int) -> FinalityChange:
+        """``add_vote`` for the event loop: a reorg the vote causes (justification moved the
+        main chain) is written a slice at a time, as a block's is (``add_block_sliced``)."""
+        self.finish_sliced()
+        return await self._run_sliced(self._vote_steps(vote, now_ms))
+
+    def _vote_steps(self, vote: Vote, now_ms: int):
         state = self._state()
         before = state.finalized
         update = state.add_vote(vote, self.chain.ancestor_at)
         if update.status == UNKNOWN:
             self.pending.add(vote, now_ms)
-        return self._settle([update], [vote] if update.status == COUNTED else [], before)
+        return (yield from self._settle_steps([update], [vote] if update.status == COUNTED else [], before))
 
     def add_certificate(self, cert: Certificate, now_ms: int) -> FinalityChange:
         """Verify and apply a certificate from a peer: a finality certificate (to the next
         checkpoint) is adopted, any other counted vote by vote. As ``add_vote``."""
         self.finish_sliced()
+        return exhaust(self._certificate_steps(cert, now_ms))
+
+    async def add_certificate_sliced(self, cert: Certificate, now_ms: int) -> FinalityChange:
+        """``add_certificate`` for the event loop, as ``add_vote_sliced``."""
+        self.finish_sliced()
+        return await self._run_sliced(self._certificate_steps(cert, now_ms))
+
+    def _certificate_steps(self, cert: Certificate, now_ms: int):
         state = self._state()
         before = state.finalized
         update = self._apply_certificate(state, cert)
         if update.status == UNKNOWN:
             self.pending.add(cert, now_ms)
-        return self._settle([update], list(cert.votes()) if update.status == COUNTED else [], before, moved=True)
+        return (yield from self._settle_steps([update], list(cert.votes()) if update.status == COUNTED else [],
+                                              before, moved=True))
 
     def add_evidence(self, evidence: Evidence, now_ms: int) -> FinalityChange:
         """Check a peer's evidence (FinalityError ``bad-evidence`` etc. if it is no proof),
@@ -562,6 +580,11 @@ class Ledger:
                 moved: bool = False) -> FinalityChange:
         """Store what the updates made and bring the chain in line: fork choice again, and
         pruning if finality advanced, all in one transaction (module docstring)."""
+        return exhaust(self._settle_steps(updates, counted, before, moved))
+
+    def _settle_steps(self, updates: list[FinalityUpdate], counted: list[Vote], before: Checkpoint,
+                      moved: bool = False):
+        """``_settle`` as a generator of steps: a step per block a reorg decodes, then the commit's."""
         state = self.chain.finality
         update = merge_updates(updates)
         rows = self._unsaved
@@ -582,12 +605,17 @@ class Ledger:
         reorg = None
         if rows or result is not None:
             try:
-                change = None if result is None else self._main_change(result, {})
-                reorg = None if result is None else LedgerUpdate(result, self._displaced(result, {}))
+                blocks: dict[bytes, Block] = {}
+                for entry in (() if result is None else (*result.connected, *result.disconnected)):
+                    if entry.hash not in blocks:
+                        blocks[entry.hash] = self._block(entry, blocks)
+                        yield
+                change = None if result is None else self._main_change(result, blocks)
+                reorg = None if result is None else LedgerUpdate(result, self._displaced(result, blocks))
                 if change is None and _votes_only(rows):
                     self.store.commit_votes(rows)
                 else:
-                    self.store.commit((), [change] if change else [], rows)
+                    yield from self.store.commit_steps((), [change] if change else [], rows)
             except BaseException:
                 if result is not None:
                     self.chain.undo_reconsider(result)

@@ -46,11 +46,11 @@ class FinalityView(Protocol):
     # counted yet; FinalityError if invalid.
     def check_vote(self, vote: Vote) -> str: ...
     # Count and store the vote; its status.
-    def receive_vote(self, vote: Vote, peer: str) -> str: ...
+    async def receive_vote(self, vote: Vote, peer: str) -> str: ...
     # True when the evidence is new to us (to be passed on); FinalityError if it proves nothing.
     def receive_evidence(self, evidence: Evidence, peer: str) -> bool: ...
     # Check and count certificates a peer sent; FinalityError for the first one that fails.
-    def receive_certificates(self, certificates: Sequence[Certificate], peer: str) -> None: ...
+    async def receive_certificates(self, certificates: Sequence[Certificate], peer: str) -> None: ...
     # The finality certificate to send beside a sync answer ending at this block (None: none).
     def sync_certificate(self, last_hash: bytes) -> Certificate | None: ...
     # What a peer gets as its link becomes ready: our newest own vote(s) and certificates.
@@ -88,7 +88,7 @@ class FinalityGossip:
         if status == "unknown-checkpoint" and self.behind is not None:
             self.behind(peer, vote.target.height)
         try:
-            self.view.receive_vote(vote, peer.listen_address)
+            await self.view.receive_vote(vote, peer.listen_address)
         except FinalityError as exc:  # checked just now: only a bug gets here
             self._judge(exc)
 
@@ -106,14 +106,14 @@ class FinalityGossip:
             self._flood(EvidenceMessage(message.evidence), source=peer)
 
     async def on_certificates(self, peer: Peer, message: CertificatesMessage) -> None:
-        self.receive_certificates(peer, message.certificates)
+        await self.receive_certificates(peer, message.certificates)
 
-    def receive_certificates(self, peer: Peer, certificates: Sequence[Certificate]) -> None:
+    async def receive_certificates(self, peer: Peer, certificates: Sequence[Certificate]) -> None:
         """Hand certificates (a greeting's, or one beside a sync answer) to the view."""
         if not certificates:
             return
         try:
-            self.view.receive_certificates(certificates, peer.listen_address)
+            await self.view.receive_certificates(certificates, peer.listen_address)
         except FinalityError as exc:
             self._judge(exc)
 

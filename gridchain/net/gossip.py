@@ -446,7 +446,7 @@ class Gossip:
             self.announce_tip()
         if message.certificate is not None and self.finality is not None:
             # After the blocks: its checkpoint must be in the tree to be adopted.
-            self.finality.receive_certificates(peer, (message.certificate,))
+            await self.finality.receive_certificates(peer, (message.certificate,))
         height, _, work = self.chain.tip_info()
         # An answer that only adds orphans is empty: a peer claiming great work could otherwise
         # hold our one sync round for ever with the same parentless block (gridchain.net.sync).

@@ -144,10 +144,11 @@ class Voter:
             raise FinalityError("finality-off", "an open network has no members, so no finality")
         return state.peek_vote(vote, self.ledger.ancestor_at)
 
-    def receive_vote(self, vote: Vote, peer: str) -> str:
+    async def receive_vote(self, vote: Vote, peer: str) -> str:
         tip_before = self.ledger.tip
         try:
-            update = self.ledger.add_vote(vote, self.now_ms())  # FinalityError: the sender pays
+            # FinalityError: the sender pays. Sliced: a reorg the vote causes never holds the loop.
+            update = await self.ledger.add_vote_sliced(vote, self.now_ms())
         except StoreError as exc:
             self.log.error("store.error", reason=exc.reason, detail=str(exc), peer=peer)
             return "not-stored"
@@ -166,11 +167,11 @@ class Voter:
             self.log.error("store.error", reason=exc.reason, detail=str(exc), peer=peer)
         return True
 
-    def receive_certificates(self, certificates: Sequence[Certificate], peer: str) -> None:
+    async def receive_certificates(self, certificates: Sequence[Certificate], peer: str) -> None:
         for cert in certificates:
             tip_before = self.ledger.tip
             try:
-                update = self.ledger.add_certificate(cert, self.now_ms())  # FinalityError: the sender pays
+                update = await self.ledger.add_certificate_sliced(cert, self.now_ms())  # FinalityError: the sender pays
             except StoreError as exc:
                 self.log.error("store.error", reason=exc.reason, detail=str(exc), peer=peer)
                 return

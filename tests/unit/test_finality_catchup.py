@@ -23,7 +23,7 @@ from gridchain.net.messages import VoteMessage
 from gridchain.node.voter import GREETING_CERTIFICATES
 
 from tests.unit.test_finality import KEYS, P4, Tree
-from tests.unit.test_voter import FakeLedger, make_voter
+from tests.unit.test_voter import FakeLedger, make_voter, receive
 
 
 def vote(member: int, source: Checkpoint, target: Checkpoint):
@@ -75,10 +75,10 @@ def test_a_member_that_missed_the_chain_finalizes_with_the_others_next_round():
     voter, log = make_voter(ledger, journal)
     # The others justified 1..5 while we were away; now they finalize 5 and 6, a round each.
     for i in (1, 2, 3):
-        assert voter.receive_vote(vote(i, c[5], c[6]), "peer") == "counted"
+        assert receive(voter, vote(i, c[5], c[6])) == "counted"
     assert ledger.finalized == c[0]
     for i in (1, 2, 3):
-        assert voter.receive_vote(vote(i, c[6], c[7]), "peer") == "counted"
+        assert receive(voter, vote(i, c[6], c[7])) == "counted"
     assert ledger.finalized == c[6]
     (done,) = log.named("finality.finalized")
     assert done["height"] == 6 and sorted(done["signers"]) == ["member-1", "member-2", "member-3"]
@@ -171,9 +171,9 @@ class CountingView:
     def check_vote(self, v):
         return self.voter.check_vote(v)
 
-    def receive_vote(self, v, peer):
+    async def receive_vote(self, v, peer):
         self.log.append("counted")
-        return self.voter.receive_vote(v, peer)
+        return await self.voter.receive_vote(v, peer)
 
 
 def test_a_vote_is_passed_on_once_checked_before_it_is_counted_and_stored():

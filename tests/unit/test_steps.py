@@ -110,3 +110,43 @@ async def test_a_write_meanwhile_finishes_the_sliced_batch_first(threaded):
     batch = await asyncio.wait_for(runner, 10)
     assert batch.error is None and len(batch.updates) == 200
     assert threaded.height == 201 and threaded.store.tip_hash() == own.hash
+
+
+async def test_a_reorg_by_justification_is_written_a_slice_at_a_time(tmp_path):
+    """Votes that justify a checkpoint on a lighter branch move the main chain to it: the
+    blocks of both branches are decoded and the main table rewritten while the loop runs."""
+    from tests.unit.test_ledger_finality import FPARAMS, add_line as add_member_line, cp, vote
+
+    ledger = Ledger.open(tmp_path, FPARAMS, NOW_MS)
+    try:
+        genesis = ledger.chain.main_at(0)
+        light = add_member_line(ledger, 1, Relay("relay-b"))[0]
+        heavy = add_member_line(ledger, 60, Relay("relay-a"), parent=genesis)
+        assert ledger.tip.hash == heavy[-1].hash
+        for i in (0, 1):
+            await ledger.add_vote_sliced(vote(i, ledger.finalized, cp(ledger.chain.get(light.hash))), NOW_MS)
+        slow = ledger.store.commit_steps
+
+        def slow_commit(*args, **kwargs):
+            for step in slow(*args, **kwargs):
+                time.sleep(0.005)  # long enough steps that the slicer lets the loop in between
+                yield step
+
+        ledger.store.commit_steps = slow_commit
+        midway: list[bool] = []  # the chain on the new branch while the store still shows the old tip
+
+        async def watch() -> None:
+            while True:
+                midway.append(ledger.tip.hash == light.hash and ledger.store.tip_hash() != light.hash)
+                await asyncio.sleep(0)
+
+        watcher = asyncio.create_task(watch())
+        change = await ledger.add_vote_sliced(vote(2, ledger.finalized, cp(ledger.chain.get(light.hash))), NOW_MS)
+        watcher.cancel()
+        assert change.reorg is not None and change.reorg.result.status == "reorg"
+        assert len(change.reorg.result.disconnected) == 60
+        assert any(midway), "the reorg was written in one go"
+        assert ledger.tip.hash == light.hash == ledger.store.tip_hash()
+        assert ledger.store.main_hash_at(1) == light.hash and ledger.store.main_hash_at(2) is None
+    finally:
+        ledger.close()

@@ -8,6 +8,8 @@ chain looks like then), take the others' votes and report finality and equivocat
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from gridchain.consensus.finality import Checkpoint, Evidence, FinalityError, FinalityState, sign_vote
@@ -82,6 +84,9 @@ class FakeLedger:
     def add_vote(self, vote, now_ms):
         return self.state.add_vote(vote, self.tree.ancestor_at)
 
+    async def add_vote_sliced(self, vote, now_ms):
+        return self.add_vote(vote, now_ms)
+
     @property
     def finality_state(self) -> FinalityState:
         return self.state
@@ -91,6 +96,9 @@ class FakeLedger:
 
     def add_certificate(self, cert, now_ms):
         return self.state.adopt_finality(cert, self.tree.ancestor_at)
+
+    async def add_certificate_sliced(self, cert, now_ms):
+        return self.add_certificate(cert, now_ms)
 
     def add_evidence(self, evidence, now_ms):
         updates = [self.state.add_vote(v, self.tree.ancestor_at) for v in (evidence.first, evidence.second)]
@@ -127,11 +135,16 @@ def make_voter(ledger: FakeLedger, journal: list, member: int = 0, env: dict | N
     return voter, log
 
 
+def receive(voter: Voter, vote, peer: str = "peer") -> str:
+    """A peer's vote handed to the voter, as finality gossip does (awaited)."""
+    return asyncio.run(voter.receive_vote(vote, peer))
+
+
 def others_vote(ledger: FakeLedger, voter: Voter, members=(1, 2, 3)) -> None:
     """The other members vote the link our voter just voted for (as they would)."""
     last = voter.guard.last
     for i in members:
-        voter.receive_vote(sign_vote(KEYS[i].sign, KEYS[i].public_key, P4, last.source, last.target), "peer")
+        receive(voter, sign_vote(KEYS[i].sign, KEYS[i].public_key, P4, last.source, last.target))
 
 
 @pytest.fixture
@@ -241,8 +254,8 @@ def test_an_equivocating_member_is_caught_once_and_the_evidence_gossiped(tree):
     genesis = Checkpoint(0, tree.genesis)
     one = sign_vote(KEYS[3].sign, KEYS[3].public_key, P4, genesis, Checkpoint(1, blocks[0]))
     two = sign_vote(KEYS[3].sign, KEYS[3].public_key, P4, genesis, Checkpoint(1, fork[0]))
-    voter.receive_vote(one, "peer")
-    voter.receive_vote(two, "peer")
+    receive(voter, one)
+    receive(voter, two)
     caught = log.named("member.equivocation")
     assert len(caught) == 1 and caught[0]["member"] == "member-3" and caught[0]["kind"] == "double-vote"
     assert [kind for kind, _ in journal] == ["evidence"]
@@ -278,5 +291,5 @@ def test_a_forged_vote_raises_with_its_reason(tree):
     good = sign_vote(KEYS[1].sign, KEYS[1].public_key, P4, genesis, Checkpoint(1, blocks[0]))
     forged = type(good)(good.voter, good.source, good.target, bytes(64))
     with pytest.raises(FinalityError) as info:
-        voter.receive_vote(forged, "peer")
+        receive(voter, forged)
     assert info.value.reason == "bad-vote-signature"
