@@ -5,6 +5,11 @@ Memory and disk never disagree. A block is validated and linked into the in-memo
 before ``add_block`` returns, so the node announces only durable blocks; if the write
 fails, the block is unlinked again and the StoreError propagates.
 
+On the event loop the node uses the ``*_sliced`` forms (``add_block_sliced``,
+``add_blocks_sliced``, ``add_vote_sliced``, ``add_certificate_sliced``): the same work, done a
+slice of at most 20 ms at a time (gridchain.ledger.steps), so a deep reorg or a long sync batch
+never holds the loop; any other write first finishes a sliced one that is under way.
+
 Opening rebuilds the chain from the store's block index (headers and a few payload facts,
 no payload decoding) and then re-checks the newest main-chain blocks in full. Damage found
 either way raises ``LedgerDamaged`` naming the block and the reason: a node must stop
