@@ -8,8 +8,10 @@ node hands ``Dashboard``, as the operator API's does, so this package never impo
 
 Routes: ``/`` the page, ``/static/<file>``, ``/api/status``, ``/api/relays``,
 ``/api/readings?relay=ID&since=MS&until=MS`` (or ``&span=MS``: that long up to the relay's
-newest reading), ``/api/blocks?limit=N``, ``/events`` (``block`` and ``alert`` events),
-``/metrics`` (Prometheus text format).
+newest reading; without ``relay``, the first relay ``/api/relays`` lists), ``/api/blocks?limit=N``,
+``/events`` (``block`` and ``alert`` events), ``/metrics`` (Prometheus text format).
+Shipped files carry an ETag (a reload costs 304s); text answers are gzipped when the client
+accepts it and the body is worth it (gridchain.web.http.compressible).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import asyncio
 import json
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from importlib import resources
 from typing import Protocol
 
@@ -28,12 +31,13 @@ from gridchain.web import events as sse
 from gridchain.web.alerts import AlertBook, AlertCleared, AlertRaised
 from gridchain.web.events import EventHub
 from gridchain.web.http import (
-    MAX_BODY_BYTES, METHODS, READ_METHODS, BadRequest, HttpError, MethodNotAllowed, NotFound, Request, RequestDecoder,
-    error_response, response, response_head,
+    MAX_BODY_BYTES, METHODS, READ_METHODS, STATIC_GZIP_LEVEL, BadRequest, HttpError, MethodNotAllowed, NotFound,
+    Request, RequestDecoder, accepts_gzip, compressible, entity_tag, error_response, gzipped, not_modified, response,
+    response_head,
 )
 from gridchain.web.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gridchain.web.metrics import Metrics
-from gridchain.web.readings import FORMATS, MAX_SPAN_MS, ReadingsCache
+from gridchain.web.readings import FORMATS, MAX_SPAN_MS, ReadingsCache, empty_answer
 
 log = structlog.get_logger()
 
@@ -190,6 +194,11 @@ class Dashboard:
             return
         started = time.perf_counter()
         status, body, content_type, extra = self._route(request)
+        if status == 200 and not any(name == "Content-Encoding" for name, _ in extra) and compressible(
+                content_type, len(body)):
+            extra += (("Vary", "Accept-Encoding"),)
+            if accepts_gzip(request):
+                body, extra = gzipped(body), extra + (("Content-Encoding", "gzip"),)
         await self._write(writer, response(status, body, content_type, extra, head_only))
         self.log.debug("web.request", path=path, status=status, bytes=len(body),
                        ms=round((time.perf_counter() - started) * 1000, 3))
@@ -202,11 +211,18 @@ class Dashboard:
             found = self._static.get(path.removeprefix("/static/"))
             if found is None:
                 raise NotFound("not-found", f"no file {path}")
-            body, content_type = found
-            extra = (("Cache-Control", "no-cache"),)
-            if content_type.startswith("text/html"):
+            # no-cache: the names stay the same from one release to the next, so a browser asks
+            # each time; with the ETag, what it already holds costs a 304 and no body.
+            extra = (("Cache-Control", "no-cache"), ("ETag", found.etag))
+            if found.gzipped is not None:
+                extra += (("Vary", "Accept-Encoding"),)
+            if found.content_type.startswith("text/html"):
                 extra += (("Content-Security-Policy", _CSP),)
-            return 200, body, content_type, extra
+            if not_modified(request, found.etag):
+                return 304, b"", found.content_type, extra
+            if found.gzipped is not None and accepts_gzip(request):
+                return 200, found.gzipped, found.content_type, extra + (("Content-Encoding", "gzip"),)
+            return 200, found.body, found.content_type, extra
         if path == "/metrics":
             if self.metrics is None:
                 raise NotFound("not-found", "this node exports no metrics")
@@ -225,12 +241,13 @@ class Dashboard:
         return _json(status)
 
     def _api_readings(self, query: dict[str, str]) -> bytes:
-        relay = query.get("relay")
-        if not relay:
-            raise BadRequest("bad-query", "relay=ID is required")
         fmt = query.get("format", "json")
         if fmt not in FORMATS:
             raise BadRequest("bad-query", f"format must be one of {', '.join(FORMATS)}")
+        # Without relay=, the first relay /api/relays lists: the page asks before it knows the list.
+        relay = query.get("relay") or next(iter(self._relay_ids()), None)
+        if relay is None:
+            return empty_answer(fmt)  # a node with no relay yet
         since, until, span = (_int_arg(query, name) for name in ("since", "until", "span"))
         if span is not None:
             if not 0 < span <= MAX_SPAN_MS:
@@ -255,15 +272,21 @@ class Dashboard:
         self._blocks_cache = (tip, limit, body)
         return body
 
-    def _api_relays(self, query: dict[str, str]) -> bytes:
+    def _relay_ids(self, polled: Iterable[str] | None = None) -> list[str]:
+        """The relays on the chain and those this node polls, sorted: /api/relays' rows."""
         if not self._relays_scanned:
             height = self.view.height
             for h in range(height, max(0, height - RELAY_SCAN_BLOCKS), -1):
                 self._relays.add(self.view.main_block(h).capture.relay_id)
             self._relays_scanned = True
+        if polled is None:
+            polled = (r.get("relay_id") for r in self.status().get("relays", ()))
+        return sorted(self._relays | {relay_id for relay_id in polled if relay_id})
+
+    def _api_relays(self, query: dict[str, str]) -> bytes:
         polled = {r.get("relay_id"): r for r in self.status().get("relays", ()) if r.get("relay_id")}
         rows = []
-        for relay_id in sorted(self._relays | set(polled)):
+        for relay_id in self._relay_ids(polled):
             watch = polled.get(relay_id, {})
             rows.append({"relay_id": relay_id, "newest_ms": self.view.newest_reading_ms(relay_id),
                          "state": watch.get("state"), "address": watch.get("address")})
@@ -331,11 +354,26 @@ def _json(value: object) -> bytes:
     return json.dumps(value, separators=(",", ":"), default=sse._plain).encode()
 
 
-def _load_static() -> dict[str, tuple[bytes, str]]:
+@dataclass(frozen=True, slots=True)
+class StaticFile:
+    """One shipped file: its bytes, type, validator, and gzipped form (None where gzip gains nothing)."""
+
+    body: bytes
+    content_type: str
+    etag: str
+    gzipped: bytes | None
+
+
+def static_file(body: bytes, content_type: str) -> StaticFile:
+    packed = gzipped(body, STATIC_GZIP_LEVEL) if compressible(content_type, len(body)) else None
+    return StaticFile(body, content_type, entity_tag(body), packed if packed and len(packed) < len(body) else None)
+
+
+def _load_static() -> dict[str, StaticFile]:
     """Every file shipped in gridchain/web/static, by name (nothing else can be asked for)."""
     files = {}
     for entry in (resources.files(STATIC_PACKAGE) / "static").iterdir():
         if entry.is_file():
             suffix = "." + entry.name.rsplit(".", 1)[-1] if "." in entry.name else ""
-            files[entry.name] = (entry.read_bytes(), _CONTENT_TYPES.get(suffix, "application/octet-stream"))
+            files[entry.name] = static_file(entry.read_bytes(), _CONTENT_TYPES.get(suffix, "application/octet-stream"))
     return files

@@ -3,8 +3,8 @@
 A live node whose data dir holds a day of one relay's readings (8,640 at 10 s, made with
 tests.support.web) serves the page on its operator port; the page must draw all of them on
 every plot, mark the breaker openings, show a block a peer pushes afterwards without a
-reload (server-sent events) and the node's own alert (a configured peer that never
-answers) as a banner. Screenshots go to tests/artifacts/. Playwright drives the browser at
+reload (server-sent events), list the configured peer that never answers as not connected,
+and show the node's own alert about it as a banner. Screenshots go to tests/artifacts/. Playwright drives the browser at
 ``executable_path`` and never downloads one. On CI the browser must be there (.ci/run
 installs it): the test fails rather than skips; elsewhere it skips saying why.
 """
@@ -91,6 +91,12 @@ async def test_the_page_draws_a_day_and_follows_new_blocks_live(live):
             assert openings == DAY_READINGS // OPENING_EVERY
             assert "Breaker openings (4)" in await page.inner_text("#openings")
             assert await page.locator("#blocks tbody tr").count() == 20
+            drawn = await page.evaluate("performance.getEntriesByName('gridchain.plots-drawn').map(m => m.startTime)")
+            assert len(drawn) == 1 and drawn[0] > 0  # the mark the benchmark reads, set once
+            # The configured peer nobody answers at is listed though no link to it is up.
+            await page.wait_for_selector("#peers tr.peer-down", timeout=WAIT_MS)
+            down = await page.inner_text("#peers tr.peer-down")
+            assert "not connected for" in down and str(live.config.peers[0].port) in down
             await page.wait_for_function("() => document.getElementById('live').textContent === 'live'",
                                          timeout=WAIT_MS)
             await page.screenshot(path=str(ARTIFACTS / "dashboard-day.png"), full_page=True)

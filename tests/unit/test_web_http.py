@@ -131,7 +131,7 @@ async def _exchange(raw: bytes) -> bytes:
     (b"GET /static/../server.py HTTP/1.1\r\n\r\n", 404),
     (b"POST /api/status HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}", 405),
     (b"GET / HTTP/1.1\r\nContent-Length: 100000\r\n\r\n", 413),
-    (b"GET /api/readings HTTP/1.1\r\n\r\n", 400),
+    (b"GET /api/readings?format=csv HTTP/1.1\r\n\r\n", 400),
     (b"GET /api/readings?relay=r&since=soon HTTP/1.1\r\n\r\n", 400),
     (b"GARBAGE\r\n\r\n", 400),
     (b"GET /metrics HTTP/1.1\r\n\r\n", 404),  # no Metrics given to this dashboard

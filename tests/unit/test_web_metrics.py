@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 
 from prometheus_client import REGISTRY
+from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gridchain.web.alerts import ALERT_NAMES
-from gridchain.web.metrics import Metrics, store_size
+from gridchain.web.metrics import Metrics, exposition_text, store_size
 
 STATUS = {"height": 42, "finality": {"finalized_height": 40},
           "peers": [{"state": "ready"}, {"state": "ready"}, {"state": "handshake"}],
@@ -112,3 +113,17 @@ def test_the_grafana_dashboard_reads_only_metrics_the_node_exports():
               "gridchain_readings_stored_total", "gridchain_relay_signature_failures_total", "gridchain_reading_gaps",
               "gridchain_event_loop_lag_seconds", "gridchain_store_bytes", "gridchain_alerts"}
     assert wanted <= used, wanted - used
+
+
+def test_the_exposition_is_byte_for_byte_prometheus_clients():
+    metrics = Metrics(lambda: STATUS, configured_peers=lambda: {"a:1": False})
+    metrics.on_block_accepted(6, "peer", 0.003)
+    metrics.on_block_accepted(6, "sync")
+    metrics.on_block_rejected("bad-pow")
+    metrics.on_reorg(2)
+    metrics.on_block_mined(0.04)
+    metrics.on_relay_signature_failure('Relay "1"\\ north\nfeeder')  # every character a label value escapes
+    metrics.set_reading_gaps({"Relay 1": 3})
+    metrics.set_alerts({ALERT_NAMES[0]: 1})
+    metrics.exposition()
+    assert exposition_text(metrics.registry) == generate_latest(metrics.registry)
