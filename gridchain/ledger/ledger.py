@@ -136,6 +136,10 @@ class Ledger:
         self._chain_due = False  # a failed write left fork choice and pruning to redo
         self._stepping: Steps | None = None  # blocks being added a slice at a time (add_block_sliced)
         self._unstored: dict[bytes, Block] = {}  # blocks it linked and has not committed yet
+        # Other members' votes are kept for ``flush_votes`` (one commit for a burst of them, as
+        # every member's vote for a block arrives at once) instead of a commit each.
+        self.defer_votes = False
+        self._votes_due = False
 
     @classmethod
     def open(cls, data_dir: Path, params: NetworkParams, now_ms: int | None = None,
@@ -160,6 +164,10 @@ class Ledger:
 
     def close(self) -> None:
         self.finish_sliced()
+        try:
+            self.flush_votes()
+        except StoreError:
+            pass  # the votes come again from peers; closing must not fail on them
         if self._check_pool is not None:
             self._check_pool.shutdown(cancel_futures=True)
         self.store.close()
@@ -608,7 +616,9 @@ class Ledger:
         doomed = self.chain.conflicting() if result is not None or rows.finalized_height is not None else []
         rows.pruned = [entry.hash for entry in doomed]
         reorg = None
-        if rows or result is not None:
+        if result is None and self.defer_votes and _votes_only(rows) and not self._chain_due:
+            self._votes_due = True  # kept in _unsaved: flush_votes (or the next write) stores them
+        elif rows or result is not None:
             try:
                 blocks: dict[bytes, Block] = {}
                 for entry in (() if result is None else (*result.connected, *result.disconnected)):
@@ -632,6 +642,18 @@ class Ledger:
             self._drop_orphans_of(rows.pruned)
         return FinalityChange(update.status, update.justified, update.finalized, update.evidence, update.conflicts,
                               reorg, tuple(rows.pruned))
+
+    def flush_votes(self) -> None:
+        """Store the other members' votes counted since the last write, in one unsynced commit
+        (``defer_votes``); StoreError leaves them for the next write."""
+        if not self._votes_due:
+            return
+        self.finish_sliced()
+        self._votes_due = False
+        rows = self._unsaved
+        if rows and _votes_only(rows):
+            self.store.commit_votes(rows)
+            self._unsaved = FinalityWrite()
 
     def _drop_orphans_of(self, pruned: Iterable[bytes]) -> None:
         """Orphans waiting for a pruned block wait for ever: drop them and their own children."""

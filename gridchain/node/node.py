@@ -106,6 +106,7 @@ class Node:
         self.voter: Voter | None = None
         if self.params.members:
             self.voter = Voter(self.ledger, self.params, self.key, self.log, self.now_ms)
+            self.ledger.defer_votes = True  # the voter stores a burst of peers' votes in one commit
             finality = self.gossip.attach_finality(self.voter)
             self.voter.broadcast_vote = finality.broadcast_vote
             self.voter.broadcast_evidence = finality.broadcast_evidence

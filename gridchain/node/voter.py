@@ -28,6 +28,7 @@ after writing that many votes and before sending the last one, for the crash tes
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -85,6 +86,7 @@ class Voter:
         self.finalized_at = time.monotonic()
         self.votes_cast = 0
         self._adopting = False  # inside _adopt_unsettled: its own reports adopt nothing more
+        self._flush_scheduled = False  # a store of the votes counted this turn is due (flush_votes)
         self.safety = "ok"  # "ok", "at-risk" or "broken": the worst said so far
         exit_after = (env if env is not None else os.environ).get(TEST_EXIT_AFTER_VOTE)
         self._exit_after = int(exit_after) if exit_after else None
@@ -152,8 +154,19 @@ class Voter:
         except StoreError as exc:
             self.log.error("store.error", reason=exc.reason, detail=str(exc), peer=peer)
             return "not-stored"
+        if self.ledger.defer_votes and not self._flush_scheduled:
+            # The votes for a block arrive together: one commit once this turn of the loop is done.
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_votes)
         self._report(update, tip_before)
         return update.status
+
+    def _flush_votes(self) -> None:
+        self._flush_scheduled = False
+        try:
+            self.ledger.flush_votes()
+        except StoreError as exc:  # kept for the next write; peers send them again after a crash
+            self.log.error("store.error", reason=exc.reason, detail=str(exc))
 
     def receive_evidence(self, evidence: Evidence, peer: str) -> bool:
         kind = check_evidence(self.params, evidence)  # FinalityError: fake evidence, the sender pays

@@ -610,3 +610,33 @@ def test_headers_between_come_from_the_index(ledger, monkeypatch):
     assert ledger.headers_between(2, 4) == [b.header for b in blocks[1:4]]
     with pytest.raises(ValueError):
         ledger.headers_between(3, 9)
+
+
+def test_deferred_peer_votes_go_to_the_store_in_one_commit(ledger):
+    """With ``defer_votes`` (as a member node runs) a burst of other members' votes is counted at
+    once and stored by one ``flush_votes``; what a quorum makes is still written at once."""
+    finalized_line(ledger, 2, Relay())
+    add_line(ledger, 1, Relay(start_seq=13))
+    ledger.defer_votes = True
+    commits = []
+    ledger.store.db.set_trace_callback(lambda text: text == "COMMIT" and commits.append(text))
+    source, target = ledger.justified, cp(ledger.tip)
+    before = count(ledger, "votes")
+    for i in (0, 1):
+        assert ledger.add_vote(vote(i, source, target), NOW_MS).status == "counted"
+    assert commits == [] and count(ledger, "votes") == before, "a vote was written alone"
+    ledger.flush_votes()
+    assert len(commits) == 1 and count(ledger, "votes") == before + 2
+    ledger.flush_votes()
+    assert len(commits) == 1, "nothing was due"
+    change = ledger.add_vote(vote(2, source, target), NOW_MS)
+    assert change.finalized and len(commits) == 2, "the step a quorum makes waits for no flush"
+    ledger.store.db.set_trace_callback(None)
+    ledger.add_vote(vote(3, source, target), NOW_MS)  # late, counted, kept for the next flush
+    ledger = reopen(ledger)  # closing stores what was due
+    try:
+        stored = ledger.store.db.execute("SELECT count(*) FROM votes WHERE voter = ? AND target_height = ?",
+                                         (MEMBERS[3].public_key, target.height)).fetchone()[0]
+        assert stored == 1 and ledger.finalized == source
+    finally:
+        ledger.close()

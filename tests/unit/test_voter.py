@@ -56,6 +56,8 @@ class FakeChain:
 class FakeLedger:
     """The ledger's finality API (gridchain.ledger.ledger.Ledger) over a FinalityState."""
 
+    defer_votes = False  # every vote counted is stored at once
+
     def __init__(self, tree: Tree, tip: bytes, journal: list, stored: list | None = None) -> None:
         self.tree = tree
         self.chain = FakeChain(tree, tip)
