@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import random
 import socket
@@ -11,18 +12,18 @@ EPHEMERAL_LOW = 32768  # Linux's default start of the ephemeral port range
 # A node's operator API listens on its peer port + this unless told otherwise (docs/security.md):
 # every port handed out here has that one free too, so a node started on it can take both.
 API_PORT_OFFSET = 1000
-LISTEN_PORT_SPAN = 12000  # restartable ports are picked from this many ports below that range
+LISTEN_PORT_SPAN = 12000  # listen ports are picked from this many ports below that range
+# Ports handed out lately are not handed out again: two picks in one test must differ though
+# neither is bound yet. A few thousand covers any one test; older ones are free to reuse.
+RECENT_PORTS = 4000
+_handed: collections.deque[int] = collections.deque(maxlen=RECENT_PORTS)
 
 
 def free_port() -> int:
-    """A port the kernel says is free now, with its operator port (+1000) free too (an ephemeral
-    one: see ``listen_port``)."""
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        if port + API_PORT_OFFSET < 65536 and port_is_free(port + API_PORT_OFFSET):
-            return port
+    """A free port with its operator port (+1000) free too, below the kernel's ephemeral range
+    (see ``listen_port``): a port the kernel picks itself is an ephemeral one, which any
+    outgoing connection may take as its source port before the node binds it (or its +1000)."""
+    return listen_port()
 
 
 def api_port(port: int) -> int:
@@ -52,5 +53,8 @@ def listen_port() -> int:
         low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     while True:
         port = random.randrange(max(1024, low - LISTEN_PORT_SPAN - API_PORT_OFFSET), low - API_PORT_OFFSET)
+        if port in _handed or port + API_PORT_OFFSET in _handed:
+            continue  # free now, but handed out already: its node may not have bound it yet
         if port_is_free(port) and port_is_free(port + API_PORT_OFFSET):
+            _handed.extend((port, port + API_PORT_OFFSET))
             return port
