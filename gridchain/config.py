@@ -33,7 +33,7 @@ DEFAULT_MINING_THREADS = 1
 # A relay id names the relay in every block it is in, whose text fields hold at most 256 bytes.
 MAX_RELAY_ID_BYTES = 200
 
-# How long a condition must last before it is an alert (gridchain.web.alerts.Thresholds);
+# How long a condition must last before it is an alert (Thresholds, used by gridchain.web.alerts);
 # the defaults suit a 60 s capture.
 DEFAULT_ALERT_RELAY_DOWN_S = 30.0  # the relay client retries within 30 s at most: a longer outage is real
 DEFAULT_ALERT_RELAY_SILENT_S = 180.0  # three capture intervals without a new reading
@@ -43,6 +43,21 @@ DEFAULT_ALERT_PEER_DOWN_S = 30.0  # a redial takes up to 30 s (DEFAULT_REDIAL_MA
 DEFAULT_ALERT_FINALITY_STALL_S = 300.0  # five minutes: many vote rounds at any capture interval
 DEFAULT_ALERT_FINALITY_LAG_BLOCKS = 3  # with a checkpoint every block, finality runs one or two behind
 DEFAULT_ALERT_CLOCK_OFF_S = 60.0  # half the 2-minute limit a block may be ahead: warned before refused
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    """How long a condition must last before it is an alert (the node's ``alert_*`` settings,
+    docs/operations.md; the defaults above, each with its reason)."""
+
+    relay_down_s: float = DEFAULT_ALERT_RELAY_DOWN_S
+    relay_silent_s: float = DEFAULT_ALERT_RELAY_SILENT_S
+    signature_window_s: float = DEFAULT_ALERT_SIGNATURE_WINDOW_S
+    gap_window_s: float = DEFAULT_ALERT_GAP_WINDOW_S
+    peer_down_s: float = DEFAULT_ALERT_PEER_DOWN_S
+    finality_stall_s: float = DEFAULT_ALERT_FINALITY_STALL_S
+    finality_lag_blocks: int = DEFAULT_ALERT_FINALITY_LAG_BLOCKS
+    clock_off_ms: int = round(DEFAULT_ALERT_CLOCK_OFF_S * 1000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,15 +132,7 @@ class NodeConfig:
     api_host: str = DEFAULT_API_HOST
     api_port: int | None = None  # None: port + API_PORT_OFFSET; 0: any free port; -1: none (socket only)
     api_socket: Path | None = None  # also (or only) a Unix socket for the operator API
-    # Alert hold times and windows (gridchain.web.alerts.Thresholds.from_config).
-    alert_relay_down_s: float = DEFAULT_ALERT_RELAY_DOWN_S
-    alert_relay_silent_s: float = DEFAULT_ALERT_RELAY_SILENT_S
-    alert_signature_window_s: float = DEFAULT_ALERT_SIGNATURE_WINDOW_S
-    alert_gap_window_s: float = DEFAULT_ALERT_GAP_WINDOW_S
-    alert_peer_down_s: float = DEFAULT_ALERT_PEER_DOWN_S
-    alert_finality_stall_s: float = DEFAULT_ALERT_FINALITY_STALL_S
-    alert_finality_lag_blocks: int = DEFAULT_ALERT_FINALITY_LAG_BLOCKS
-    alert_clock_off_s: float = DEFAULT_ALERT_CLOCK_OFF_S
+    alerts: Thresholds = Thresholds()  # alert hold times and windows
 
     @property
     def operator_port(self) -> int:

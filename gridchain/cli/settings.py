@@ -27,7 +27,7 @@ from gridchain.config import (
     DEFAULT_ALERT_SIGNATURE_WINDOW_S, DEFAULT_BAN_SECONDS, DEFAULT_CAPTURE_INTERVAL_S, DEFAULT_DIFFICULTY,
     DEFAULT_HOST, DEFAULT_MAX_INBOUND,
     DEFAULT_MIN_PEERS, DEFAULT_MINING_THREADS, DEFAULT_NETWORK, DEFAULT_PORT, DEFAULT_REDIAL_MAX_S,
-    DEFAULT_RELAY_PORT, MIN_CAPTURE_INTERVAL_S, API_PORT_OFFSET, DEFAULT_API_HOST, Address, NodeConfig,
+    DEFAULT_RELAY_PORT, MIN_CAPTURE_INTERVAL_S, API_PORT_OFFSET, DEFAULT_API_HOST, Address, NodeConfig, Thresholds,
 )
 from gridchain.cli.logs import FORMATS, LEVELS
 from gridchain.cli.version import add_version_flag
@@ -200,7 +200,7 @@ NODE_SETTINGS: tuple[Setting, ...] = (
     Setting("redial_max", _number(0.1), DEFAULT_REDIAL_MAX_S, "cap of the doubling redial delay for configured peers",
             metavar="S"),
     Setting("mining_threads", _integer(1, 256), DEFAULT_MINING_THREADS, "threads hashing one block", metavar="N"),
-    # Alert hold times and windows (gridchain.web.alerts.Thresholds); 0 holds for no time at all.
+    # Alert hold times and windows (gridchain.config.Thresholds); 0 holds for no time at all.
     Setting("alert_relay_down", _number(0.0), DEFAULT_ALERT_RELAY_DOWN_S,
             "seconds a relay is unreachable or sends bad data before alert.relay_down", metavar="S"),
     Setting("alert_relay_silent", _number(0.0), DEFAULT_ALERT_RELAY_SILENT_S,
@@ -328,10 +328,11 @@ def resolve_node_settings(flags: Mapping[str, object], env: Mapping[str, str],
         mining_threads=values["mining_threads"], redial_max_s=values["redial_max"],
         network_file=values["network_file"], api_host=values["api_host"],
         api_port=_api_port(values["api_port"], port, values["api_socket"]), api_socket=values["api_socket"],
-        alert_relay_down_s=values["alert_relay_down"], alert_relay_silent_s=values["alert_relay_silent"],
-        alert_signature_window_s=values["alert_signature_window"], alert_gap_window_s=values["alert_gap_window"],
-        alert_peer_down_s=values["alert_peer_down"], alert_finality_stall_s=values["alert_finality_stall"],
-        alert_finality_lag_blocks=values["alert_finality_lag"], alert_clock_off_s=values["alert_clock_off"],
+        alerts=Thresholds(
+            relay_down_s=values["alert_relay_down"], relay_silent_s=values["alert_relay_silent"],
+            signature_window_s=values["alert_signature_window"], gap_window_s=values["alert_gap_window"],
+            peer_down_s=values["alert_peer_down"], finality_stall_s=values["alert_finality_stall"],
+            finality_lag_blocks=values["alert_finality_lag"], clock_off_ms=round(values["alert_clock_off"] * 1000)),
     )
     return NodeSettings(config, values["log_format"], values["log_level"])
 

@@ -251,11 +251,7 @@ class Ledger:
             return LedgerUpdate(result, [])
         pending = self._unstored = {block.hash: block}  # linked, not yet committed: readers find it here
         try:
-            if result.status == "reorg":
-                for entry in (*result.connected, *result.disconnected):
-                    if entry.hash not in pending:
-                        pending[entry.hash] = self._block(entry, pending)
-                        yield
+            yield from self._decode_reorg(result, pending)
             change = self._main_change(result, pending)
             displaced = self._displaced(result, pending)
             yield from self.store.commit_steps([block], [change] if change else [])
@@ -347,11 +343,7 @@ class Ledger:
                 if result.status != "duplicate":
                     added.append(block)
                     pending[block.hash] = block
-                    if result.status == "reorg":
-                        for entry in (*result.connected, *result.disconnected):
-                            if entry.hash not in pending:
-                                pending[entry.hash] = self._block(entry, pending)
-                                yield
+                    yield from self._decode_reorg(result, pending)
                     change = self._main_change(result, pending)
                     if change is not None:
                         changes.append(change)
@@ -408,6 +400,16 @@ class Ledger:
                     return updates
                 queue.append(child.hash)
         return updates
+
+    def _decode_reorg(self, result: AddResult, pending: dict[bytes, Block]):
+        """Read into ``pending`` every block of both branches a reorg (``result``) moves, a step
+        each, so a sliced run serves the loop between them; nothing for any other result."""
+        if result.status != "reorg":
+            return
+        for entry in (*result.connected, *result.disconnected):
+            if entry.hash not in pending:
+                pending[entry.hash] = self._block(entry, pending)
+                yield
 
     def _block(self, entry: ChainEntry, pending: dict[bytes, Block]) -> Block:
         block = pending.get(entry.hash) or self.store.get_block(entry.hash)
@@ -621,10 +623,8 @@ class Ledger:
         elif rows or result is not None:
             try:
                 blocks: dict[bytes, Block] = {}
-                for entry in (() if result is None else (*result.connected, *result.disconnected)):
-                    if entry.hash not in blocks:
-                        blocks[entry.hash] = self._block(entry, blocks)
-                        yield
+                if result is not None:
+                    yield from self._decode_reorg(result, blocks)
                 change = None if result is None else self._main_change(result, blocks)
                 reorg = None if result is None else LedgerUpdate(result, self._displaced(result, blocks))
                 if change is None and _votes_only(rows):

@@ -37,7 +37,6 @@ from gridchain.node.observability import Observability, ObservedGossip, Observed
 from gridchain.node.status import NodeFacts, build_status
 from gridchain.node.voter import Voter
 from gridchain.relay.client import RelayClient
-from gridchain.web.alerts import Thresholds
 
 log = structlog.get_logger()
 
@@ -81,7 +80,7 @@ class Node:
         # The dashboard, metrics and alerts (served on the operator door, fed by the calls below).
         self.observability = Observability(name=self.name, chain=self.chain, ledger=self.ledger, status=self.status,
                                            now_ms=self.now_ms, tokens=None, log=self.log,
-                                           thresholds=Thresholds.from_config(config))
+                                           thresholds=config.alerts)
         self.miner = Miner(config.mining_threads)
         self.watches = [RelayWatch(self._relay_client(a), self.name) for a in config.relays]
         self.observability.watches = self.watches

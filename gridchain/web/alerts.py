@@ -23,7 +23,8 @@ Names (stable; the log event of an edge is ``alert.raised`` / ``alert.cleared`` 
   alert.clock_off                the node's clock is off the median of its sources by
                                  ``clock_off_ms`` or more (blocks it mines would be refused)
 
-Each of those limits is a ``Thresholds`` field, set from the node's ``alert_*`` settings.
+Each of those limits is a ``Thresholds`` field (gridchain.config), set from the node's ``alert_*``
+settings.
 """
 
 from __future__ import annotations
@@ -32,11 +33,7 @@ import statistics
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
-from gridchain.config import (
-    DEFAULT_ALERT_CLOCK_OFF_S, DEFAULT_ALERT_FINALITY_LAG_BLOCKS, DEFAULT_ALERT_FINALITY_STALL_S,
-    DEFAULT_ALERT_GAP_WINDOW_S, DEFAULT_ALERT_PEER_DOWN_S, DEFAULT_ALERT_RELAY_DOWN_S, DEFAULT_ALERT_RELAY_SILENT_S,
-    DEFAULT_ALERT_SIGNATURE_WINDOW_S, NodeConfig,
-)
+from gridchain.config import Thresholds  # re-exported: the alert book's limits
 
 RELAY_DOWN = "alert.relay_down"
 RELAY_SILENT = "alert.relay_silent"
@@ -53,30 +50,6 @@ CRITICAL = frozenset({RELAY_SIGNATURE_FAILURE, MEMBER_EQUIVOCATION, CLOCK_OFF}) 
 DOWN_STATES = frozenset({"unreachable", "bad-data"})  # RelayWatch states that mean no readings come
 # Relay errors that are a signature or key failure (gridchain.relay.client reasons).
 SIGNATURE_REASONS = frozenset({"bad-relay-signature", "bad-seal", "relay-key-mismatch", "relay-key-changed"})
-
-
-@dataclass(frozen=True, slots=True)
-class Thresholds:
-    """How long a condition must last before it is an alert. The defaults (gridchain.config, each
-    with its reason) suit a 60 s capture; a node takes its own from its settings (``from_config``)."""
-
-    relay_down_s: float = DEFAULT_ALERT_RELAY_DOWN_S
-    relay_silent_s: float = DEFAULT_ALERT_RELAY_SILENT_S
-    signature_window_s: float = DEFAULT_ALERT_SIGNATURE_WINDOW_S
-    gap_window_s: float = DEFAULT_ALERT_GAP_WINDOW_S
-    peer_down_s: float = DEFAULT_ALERT_PEER_DOWN_S
-    finality_stall_s: float = DEFAULT_ALERT_FINALITY_STALL_S
-    finality_lag_blocks: int = DEFAULT_ALERT_FINALITY_LAG_BLOCKS
-    clock_off_ms: int = round(DEFAULT_ALERT_CLOCK_OFF_S * 1000)
-
-    @classmethod
-    def from_config(cls, config: NodeConfig) -> Thresholds:
-        """The node's alert settings (``alert_*``: docs/operations.md)."""
-        return cls(relay_down_s=config.alert_relay_down_s, relay_silent_s=config.alert_relay_silent_s,
-                   signature_window_s=config.alert_signature_window_s, gap_window_s=config.alert_gap_window_s,
-                   peer_down_s=config.alert_peer_down_s, finality_stall_s=config.alert_finality_stall_s,
-                   finality_lag_blocks=config.alert_finality_lag_blocks,
-                   clock_off_ms=round(config.alert_clock_off_s * 1000))
 
 
 @dataclass(frozen=True, slots=True)

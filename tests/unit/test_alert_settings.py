@@ -1,5 +1,5 @@
 """Alert hold times as node settings: flags, environment and TOML, checked like every other
-setting, and handed to the alert book (gridchain.web.alerts.Thresholds)."""
+setting, and handed to the alert book (gridchain.config.Thresholds)."""
 
 from __future__ import annotations
 
@@ -39,10 +39,10 @@ def error_of(capsys, argv: list[str], env: dict | None = None) -> str:
 
 def test_the_defaults_are_the_alert_books_defaults():
     config = config_of([])
-    assert config.alert_peer_down_s == DEFAULT_ALERT_PEER_DOWN_S == Thresholds().peer_down_s
-    assert config.alert_relay_down_s == DEFAULT_ALERT_RELAY_DOWN_S
-    assert config.alert_finality_lag_blocks == DEFAULT_ALERT_FINALITY_LAG_BLOCKS
-    assert Thresholds.from_config(config) == Thresholds()
+    assert config.alerts.peer_down_s == DEFAULT_ALERT_PEER_DOWN_S == Thresholds().peer_down_s
+    assert config.alerts.relay_down_s == DEFAULT_ALERT_RELAY_DOWN_S
+    assert config.alerts.finality_lag_blocks == DEFAULT_ALERT_FINALITY_LAG_BLOCKS
+    assert config.alerts == Thresholds()
     assert Thresholds().clock_off_ms == DEFAULT_ALERT_CLOCK_OFF_S * 1000
 
 
@@ -52,7 +52,7 @@ def test_every_threshold_has_a_setting_and_each_setting_reaches_its_field():
     argv = []
     for i, key in enumerate(ALERT_KEYS):
         argv += ["--" + key.replace("_", "-"), str(7 + i)]
-    thresholds = Thresholds.from_config(config_of(argv))
+    thresholds = config_of(argv).alerts
     for i, (key, field) in enumerate(ALERT_KEYS.items()):
         expected = (7 + i) * 1000 if field == "clock_off_ms" else 7 + i
         assert getattr(thresholds, field) == expected, key
@@ -63,16 +63,16 @@ def test_flags_env_and_file_layer_as_the_other_settings(tmp_path):
     toml.write_text("alert_peer_down = 5\nalert_relay_down = 12.5\nalert_finality_lag = 4\nalert_clock_off = 90\n")
     env = {"GRIDCHAIN_ALERT_RELAY_DOWN": "20", "GRIDCHAIN_ALERT_RELAY_SILENT": "0.5"}
     config = config_of(["--config", str(toml), "--alert-clock-off", "30"], env)
-    assert config.alert_peer_down_s == 5.0  # the file
-    assert config.alert_relay_down_s == 20.0  # the environment beats the file
-    assert config.alert_relay_silent_s == 0.5
-    assert config.alert_clock_off_s == 30.0  # a flag beats the file
-    assert config.alert_finality_lag_blocks == 4
-    assert Thresholds.from_config(config).clock_off_ms == 30_000
+    assert config.alerts.peer_down_s == 5.0  # the file
+    assert config.alerts.relay_down_s == 20.0  # the environment beats the file
+    assert config.alerts.relay_silent_s == 0.5
+    assert config.alerts.clock_off_ms == 30_000  # a flag beats the file
+    assert config.alerts.finality_lag_blocks == 4
+    assert config.alerts.clock_off_ms == 30_000
 
 
 def test_zero_holds_for_no_time():
-    assert Thresholds.from_config(config_of(["--alert-peer-down", "0"])).peer_down_s == 0.0
+    assert config_of(["--alert-peer-down", "0"]).alerts.peer_down_s == 0.0
 
 
 @pytest.mark.parametrize("argv, expected", [
@@ -119,4 +119,4 @@ def test_the_deploy_example_documents_the_alert_settings_with_their_defaults(tmp
     assert sorted(line.split(" =")[0] for line in lines) == sorted(ALERT_KEYS)
     toml = tmp_path / "alerts.toml"
     toml.write_text("\n".join(lines) + "\n")  # as an operator uncommenting them would
-    assert Thresholds.from_config(config_of(["--config", str(toml)])) == Thresholds()
+    assert config_of(["--config", str(toml)]).alerts == Thresholds()

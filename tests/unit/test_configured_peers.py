@@ -193,7 +193,7 @@ def test_observability_answers_alerts_metrics_and_status_from_the_same_links():
 def test_thresholds_default_to_the_config_defaults():
     from gridchain.web.alerts import Thresholds
 
-    assert Thresholds.from_config(NodeConfig(data_dir=Path("x"))) == Thresholds()
+    assert NodeConfig(data_dir=Path("x")).alerts == Thresholds()
 
 
 def test_peer_down_is_timed_from_when_the_link_went_away_not_from_the_first_look():
